@@ -1,0 +1,96 @@
+"""One factory for every supported architecture: `build_model(arch, num_classes, pretrained)`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.error import URLError
+
+import torch
+from torch import nn
+from torchvision import models
+
+from imgclf.errors import InputError
+
+# arch name → (torchvision builder, ImageNet weights enum)
+ARCHITECTURES = {
+    "mobilenet_v3_small": (
+        models.mobilenet_v3_small,
+        models.MobileNet_V3_Small_Weights.IMAGENET1K_V1,
+    ),
+    "resnet18": (models.resnet18, models.ResNet18_Weights.IMAGENET1K_V1),
+}
+
+
+def head(model: nn.Module, arch: str) -> nn.Linear:
+    """The classification layer: `classifier[3]` for mobilenet_v3_small, `fc` for resnet18."""
+    return model.classifier[3] if arch == "mobilenet_v3_small" else model.fc
+
+
+def _replace_head(model: nn.Module, arch: str, num_classes: int) -> None:
+    old = head(model, arch)
+    new = nn.Linear(old.in_features, num_classes)
+    if arch == "mobilenet_v3_small":
+        model.classifier[3] = new
+    else:
+        model.fc = new
+
+
+def _imagenet_state_dict(arch: str) -> dict[str, torch.Tensor]:
+    weights = ARCHITECTURES[arch][1]
+    try:
+        return weights.get_state_dict(progress=True)
+    except (URLError, OSError) as error:
+        raise InputError(
+            f"Could not download the ImageNet weights for {arch} from {weights.url} ({error}); "
+            f"download that file on a machine with internet and set model.pretrained to its path."
+        ) from error
+
+
+def _local_state_dict(path: str) -> dict[str, torch.Tensor]:
+    if not Path(path).is_file():
+        raise InputError(
+            f"model.pretrained is {path!r}, which is neither 'imagenet' nor an existing file; "
+            "give a path to a torchvision state dict or 'imagenet'."
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise InputError(f"{path} is not a readable PyTorch state dict ({error}).") from error
+    # Accept our own weights files too: their state dict sits under "state_dict".
+    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+def build_model(arch: str, num_classes: int, pretrained: str | None = None) -> nn.Module:
+    """Build `arch` with a fresh `num_classes`-way head.
+
+    pretrained: None / "none" for random initialisation, "imagenet" for torchvision's ImageNet
+    weights (downloaded when online), or a path to a local state dict. Pretrained head weights
+    whose shape does not fit `num_classes` are dropped; the new head starts from scratch.
+    """
+    if arch not in ARCHITECTURES:
+        raise InputError(
+            f"Unknown architecture {arch!r}; "
+            f"model.arch must be one of: {', '.join(ARCHITECTURES)}."
+        )
+    if num_classes < 2:
+        raise InputError(f"A classifier needs at least two classes, got {num_classes}.")
+    builder = ARCHITECTURES[arch][0]
+    model = builder(weights=None)
+    if pretrained not in (None, "", "none", False):
+        state = (
+            _imagenet_state_dict(arch)
+            if pretrained == "imagenet"
+            else _local_state_dict(pretrained)
+        )
+        own = model.state_dict()
+        fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        missing = [k for k in own if k not in fitting]
+        head_prefix = "classifier.3." if arch == "mobilenet_v3_small" else "fc."
+        if any(not k.startswith(head_prefix) for k in missing):
+            raise InputError(
+                f"The pretrained weights {pretrained!r} do not fit {arch} "
+                f"(e.g. no tensor for {missing[0]!r}); point model.pretrained at {arch} weights."
+            )
+        model.load_state_dict(fitting, strict=False)
+    _replace_head(model, arch, num_classes)
+    return model

@@ -1,0 +1,111 @@
+"""The self-contained weights file: everything inference needs, in one `torch.save`d dict.
+
+Written once at the end of training (`weights/<arch>.pth`), read by evaluation, prediction and
+export. Only plain types and tensors are stored, so it loads with `weights_only=True`.
+
+Keys (format_version 1):
+    format, format_version  "imgclf-weights", 1
+    arch, classes           architecture name, class names in index order
+    state_dict              the model's tensors (eval-ready, CPU)
+    img_size, resize_size   eval preset: resize shorter side, centre-crop img_size
+    mean, std               normalisation
+    split                   {"root": data root, "parts": {part: [[path, label], ...]}}, parts
+                            "train", "valid", "test" ("test" may be empty), paths relative to root
+    class_counts            {"train": {class: count}, ...}: for the random baseline
+    metrics                 final validation metrics, e.g. {"f1_macro": 0.98, "accuracy": 0.98}
+    config                  the merged Catalyst config (plain dict)
+    versions                library versions ({"torch": ..., "torchvision": ..., "catalyst": ...})
+    created                 ISO 8601 UTC time of writing
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from imgclf.dataset.presets import EvalPreset
+from imgclf.errors import InputError
+from imgclf.fileio import atomic_write_bytes
+from imgclf.train.models import build_model
+
+FORMAT = "imgclf-weights"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class WeightsFile:
+    """In-memory form of a weights file (see the module docstring for each field)."""
+
+    arch: str
+    classes: list[str]
+    state_dict: dict[str, torch.Tensor]
+    img_size: int
+    resize_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    split: dict[str, Any] = field(default_factory=dict)
+    class_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    created: str = ""
+
+    def build_model(self) -> nn.Module:
+        """The model with these weights loaded, in eval mode."""
+        model = build_model(self.arch, len(self.classes))
+        model.load_state_dict(self.state_dict)
+        return model.eval()
+
+    def eval_preset(self) -> EvalPreset:
+        """The exact eval transform the model was validated with."""
+        return EvalPreset(
+            img_size=self.img_size, resize_size=self.resize_size, mean=self.mean, std=self.std
+        )
+
+
+def save_weights(path: str | Path, weights: WeightsFile) -> Path:
+    """Write `weights` to `path` atomically, stamping the format and creation time."""
+    payload = asdict(weights)
+    payload["state_dict"] = {k: v.detach().cpu() for k, v in weights.state_dict.items()}
+    payload["mean"], payload["std"] = list(weights.mean), list(weights.std)
+    payload["created"] = weights.created or datetime.now(timezone.utc).isoformat(
+        timespec="seconds"
+    )
+    payload.update(format=FORMAT, format_version=FORMAT_VERSION)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_weights(path: str | Path) -> WeightsFile:
+    """Read a weights file; a missing or foreign file raises InputError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(
+            f"Weights file {path} does not exist; train first "
+            "(catalyst-dl run --config configs/config.yaml) or pass --weights."
+        )
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise InputError(f"{path} is not a readable imgclf weights file ({error}).") from error
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise InputError(
+            f"{path} is not an imgclf weights file (no '{FORMAT}' marker); "
+            "pass a weights/<arch>.pth written by training."
+        )
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise InputError(
+            f"{path} has weights format version {payload.get('format_version')}, "
+            f"this imgclf reads version {FORMAT_VERSION}; retrain or upgrade imgclf."
+        )
+    fields = WeightsFile.__dataclass_fields__
+    kwargs = {k: v for k, v in payload.items() if k in fields}
+    kwargs["mean"], kwargs["std"] = tuple(kwargs["mean"]), tuple(kwargs["std"])
+    return WeightsFile(**kwargs)

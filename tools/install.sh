@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Install imgclf and its pinned dependencies into the environment of the given Python.
+# Usage: tools/install.sh PATH/TO/venv/bin/python
+# Used by `make setup` and docker/Dockerfile, so the image is built by the tested steps.
+set -euo pipefail
+py=${1:?usage: tools/install.sh PATH/TO/venv/bin/python}
+cd "$(dirname "$0")/.."
+
+# pip >= 24.1 refuses every Catalyst release (invalid version specifiers in its metadata).
+"$py" -m pip install --quiet --disable-pip-version-check 'pip<24.1'
+"$py" -m pip install --quiet --disable-pip-version-check -r requirements.txt
+# --no-deps: Catalyst declares tensorboardX<2.3, which breaks against current protobuf;
+# requirements.txt lists its real needs instead.
+"$py" -m pip install --quiet --disable-pip-version-check --no-deps catalyst==21.12
+"$py" tools/patch_catalyst.py
+"$py" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
