@@ -1,0 +1,80 @@
+"""Run the whole imgclf pipeline on the bundled sign-language digits (what `make demo` runs).
+
+    make demo                                   # set up if needed, then this script
+    .venv/bin/python tools/demo.py              # the same, without the setup check
+    .venv/bin/python tools/demo.py --per-class 20 --config my_quick.yaml   # a quick smoke run
+
+It serves data/demo/sign_language_digits from a throwaway HTTP server on 127.0.0.1, writes the URL
+list data/demo/urls/urls.csv (a seeded, stratified 15% split=test and three broken URLs), then
+runs, in the project folder:
+
+    python utils/download_data.py --urls data/demo/urls/urls.csv --out data/demo/images
+    catalyst-dl run --config configs/config.yaml configs/demo.yaml
+    python utils/inference.py
+
+Exit codes: 0 done, 2 bad argument or missing file, 130 interrupted, otherwise the failed
+command's own exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from imgclf.demo.pipeline import BUNDLED_DATA, PROJECT_ROOT, DemoOptions, run_demo
+from imgclf.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, InputError
+
+
+def parse_args(argv: list[str] | None = None) -> DemoOptions:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--data", type=Path, default=BUNDLED_DATA, help="folder of <label>/ image folders to serve"
+    )
+    parser.add_argument(
+        "--per-class", type=int, help="use a seeded sample of this many images per class"
+    )
+    parser.add_argument(
+        "--test-fraction", type=float, default=0.15, help="share of each class marked split=test"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the test split and sample")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        action="append",
+        default=[],
+        help="extra Catalyst config merged after configs/demo.yaml (repeatable)",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=PROJECT_ROOT,
+        help="folder the commands run in (needs utils/ and configs/); outputs land there",
+    )
+    args = parser.parse_args(argv)
+    return DemoOptions(
+        workdir=args.workdir.resolve(),
+        data=args.data.resolve(),
+        per_class=args.per_class,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+        extra_configs=tuple(path.resolve() for path in args.config),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return run_demo(parse_args(argv))
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("\ninterrupted: the HTTP server is stopped; rerun `make demo` to start over.")
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
