@@ -25,12 +25,18 @@ $(STAMP): requirements.txt pyproject.toml tools/install.sh tools/patch_catalyst.
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/hadolint docker/Dockerfile
+	$(BIN)/shellcheck -x docker/*.sh tools/*.sh .ci/run
 
 test: lint
 	$(BIN)/python -m pytest -m "not slow"
 
 test-all: lint
 	$(BIN)/python -m pytest
+
+# Options for tools/demo.py, e.g. make demo DEMO_ARGS="--per-class 20" (see tools/demo.py --help).
+demo: $(STAMP)
+	$(BIN)/python tools/demo.py $(DEMO_ARGS)
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
