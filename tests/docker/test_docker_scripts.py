@@ -1,0 +1,140 @@
+"""docker/build.sh, run.sh and run_volume.sh against a stand-in `docker` recording its arguments.
+
+No Docker engine runs in CI: these tests check what the scripts would ask Docker to do, from a
+current directory outside the project, with the argument handling a user relies on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKER = ROOT / "docker"
+CONTAINER_DATA = "/home/imgclf/imgclf/data"
+
+# Records its arguments as JSON and exits with $FAKE_DOCKER_EXIT (0 by default).
+FAKE_DOCKER = f"""#!{sys.executable}
+import json, os, sys
+with open(os.environ["FAKE_DOCKER_RECORD"], "w") as handle:
+    json.dump(sys.argv[1:], handle)
+sys.exit(int(os.environ.get("FAKE_DOCKER_EXIT", "0")))
+"""
+
+
+@pytest.fixture
+def run_script(tmp_path):
+    """Run docker/<name> from `tmp_path/elsewhere` with the stand-in docker first on PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text(FAKE_DOCKER)
+    (bin_dir / "docker").chmod(0o755)
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    record = tmp_path / "docker-args.json"
+
+    def run(name: str, *args: str, **env: str) -> tuple[subprocess.CompletedProcess, list | None]:
+        record.unlink(missing_ok=True)
+        full_env = {
+            **os.environ,
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+            "FAKE_DOCKER_RECORD": str(record),
+            **env,
+        }
+        for name_to_drop in ("IMGCLF_IMAGE", "IMGCLF_TAG"):
+            if name_to_drop not in env:
+                full_env.pop(name_to_drop, None)
+        result = subprocess.run(
+            [str(DOCKER / name), *args],
+            cwd=cwd,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+        )
+        recorded = json.loads(record.read_text()) if record.exists() else None
+        return result, recorded
+
+    run.cwd = cwd
+    return run
+
+
+def host_id_args() -> list[str]:
+    if os.getuid() == 0 or os.getgid() == 0:
+        return []  # root's ids exist in the base image: the Dockerfile's defaults apply
+    return ["--build-arg", f"USER_UID={os.getuid()}", "--build-arg", f"USER_GID={os.getgid()}"]
+
+
+def test_build_uses_the_project_as_context_from_any_directory(run_script):
+    result, args = run_script("build.sh")
+    assert result.returncode == 0, result.stderr
+    expected = ["build", "--file", str(DOCKER / "Dockerfile"), "--tag", "imgclf:latest"]
+    assert args == [*expected, *host_id_args(), str(ROOT)]
+
+
+def test_build_passes_options_and_takes_the_image_name_from_the_environment(run_script):
+    result, args = run_script("build.sh", "--no-cache", IMGCLF_IMAGE="reg/imgclf", IMGCLF_TAG="v2")
+    assert result.returncode == 0, result.stderr
+    assert args[args.index("--tag") + 1] == "reg/imgclf:v2"
+    assert args[-2:] == ["--no-cache", str(ROOT)]
+
+
+def test_run_starts_a_throwaway_container_with_the_command(run_script):
+    result, args = run_script("run.sh")
+    assert result.returncode == 0, result.stderr
+    # stdin is not a terminal here: --interactive without --tty, so pipes and CI work.
+    assert args == ["run", "--rm", "--interactive", "imgclf:latest"]
+    result, args = run_script("run.sh", "make", "demo", IMGCLF_TAG="dev")
+    assert args == ["run", "--rm", "--interactive", "imgclf:dev", "make", "demo"]
+
+
+def test_run_passes_dockers_exit_code_on(run_script):
+    result, _ = run_script("run.sh", "false", FAKE_DOCKER_EXIT="3")
+    assert result.returncode == 3
+
+
+def test_run_volume_mounts_the_projects_data_folder_by_default(run_script):
+    result, args = run_script("run_volume.sh")
+    assert result.returncode == 0, result.stderr
+    volume = f"{ROOT / 'data'}:{CONTAINER_DATA}"
+    assert args == ["run", "--rm", "--interactive", "--volume", volume, "imgclf:latest"]
+
+
+def test_run_volume_resolves_a_relative_folder_and_passes_the_command(run_script):
+    data = run_script.cwd / "my data"
+    data.mkdir()
+    result, args = run_script("run_volume.sh", "my data", "python", "utils/inference.py")
+    assert result.returncode == 0, result.stderr
+    assert args == [
+        "run",
+        "--rm",
+        "--interactive",
+        "--volume",
+        f"{data}:{CONTAINER_DATA}",
+        "imgclf:latest",
+        "python",
+        "utils/inference.py",
+    ]
+
+
+def test_run_volume_refuses_a_missing_folder_without_calling_docker(run_script):
+    result, args = run_script("run_volume.sh", "no-such-dir", "bash")
+    assert result.returncode == 2
+    assert args is None
+    assert result.stderr.count("\n") == 1  # one sentence, no trace
+    assert "no-such-dir is not a folder" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["build.sh", "run.sh", "run_volume.sh"])
+def test_help_prints_the_usage_line_without_calling_docker(run_script, name):
+    result, args = run_script(name, "--help")
+    assert result.returncode == 0
+    assert args is None
+    assert result.stdout.startswith(f"Usage: docker/{name}")
+    # The usage shown is the script's own top comment: one source for both.
+    assert result.stdout.splitlines()[0] in (DOCKER / name).read_text().splitlines()[1]
