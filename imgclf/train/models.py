@@ -94,3 +94,29 @@ def build_model(arch: str, num_classes: int, pretrained: str | None = None) -> n
         model.load_state_dict(fitting, strict=False)
     _replace_head(model, arch, num_classes)
     return model
+
+
+def freeze_backbone(model: nn.Module, arch: str, frozen: bool = True) -> nn.Module:
+    """Freeze (or unfreeze) every parameter but the head's; returns `model`.
+
+    Used by the head-only first stage when starting from pretrained weights: the new random
+    head learns first, so its large early gradients don't wreck the pretrained features.
+    """
+    for parameter in model.parameters():
+        parameter.requires_grad = not frozen
+    for parameter in head(model, arch).parameters():
+        parameter.requires_grad = True
+    return model
+
+
+def set_batchnorm_momentum(model: nn.Module, momentum: float) -> nn.Module:
+    """Set the running-statistics momentum of every BatchNorm layer; returns `model`.
+
+    torchvision's mobilenet_v3 uses 0.01, tuned for long ImageNet runs. Trained from scratch for
+    a few hundred steps, its eval-mode statistics then lag far behind the weights and the
+    validation predictions collapse to one class; 0.1 (PyTorch's default) tracks them.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.momentum = momentum
+    return model

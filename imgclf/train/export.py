@@ -1,0 +1,136 @@
+"""What a finished run leaves besides its logdir: the weights file, the picture, the table.
+
+Everything is read back from the logdir (best checkpoint, split, history), never from the live
+runner, so the same code serves single-process and distributed runs, whose workers are gone
+by the time the parent process exports.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import platform
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import catalyst
+import torch
+import torchvision
+
+from imgclf.dataset.presets import EvalPreset
+from imgclf.fileio import atomic_write
+from imgclf.train.callbacks import read_history
+from imgclf.train.weights import WeightsFile, save_weights
+
+SPLIT_FILE = "split.json"
+CHECKPOINTS = "checkpoints"
+# Catalyst's metric key → the weights file's metric name.
+EXPORTED_METRICS = {
+    "f1/_macro": "f1_macro",
+    "precision/_macro": "precision_macro",
+    "recall/_macro": "recall_macro",
+    "accuracy01": "accuracy",
+    "loss": "loss",
+}
+
+
+def best_checkpoint(logdir: str | Path) -> dict[str, Any]:
+    """The model-only checkpoint Catalyst kept as best of the last stage (by valid macro-F1)."""
+    return torch.load(Path(logdir) / CHECKPOINTS / "best.pth", map_location="cpu")
+
+
+def run_info(logdir: str | Path) -> dict[str, Any]:
+    """`<logdir>/split.json`: classes, split, class counts and eval preset written at start."""
+    return json.loads((Path(logdir) / SPLIT_FILE).read_text(encoding="utf-8"))
+
+
+def export_weights(
+    logdir: str | Path, path: str | Path, *, arch: str, config: dict[str, Any]
+) -> WeightsFile:
+    """Write the best checkpoint's model as a self-contained weights file at `path`."""
+    checkpoint = best_checkpoint(logdir)
+    info = run_info(logdir)
+    valid = checkpoint.get("epoch_metrics", {}).get("valid", {})
+    metrics = {name: valid[key] for key, name in EXPORTED_METRICS.items() if key in valid}
+    metrics["epoch"] = checkpoint.get("global_epoch_step")
+    preset = EvalPreset(img_size=info["img_size"])
+    weights = WeightsFile(
+        arch=arch,
+        classes=info["classes"],
+        state_dict=checkpoint["model_state_dict"],
+        img_size=preset.img_size,
+        resize_size=preset.resize_size,
+        mean=preset.mean,
+        std=preset.std,
+        split=info["split"],
+        class_counts=info["class_counts"],
+        metrics=metrics,
+        config=json.loads(json.dumps(config, default=str)),  # plain types only
+        versions={
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "catalyst": catalyst.__version__,
+        },
+    )
+    save_weights(path, weights)
+    return weights
+
+
+def _column(rows: list[dict[str, str]], name: str) -> list[float]:
+    return [float(row[name]) if row.get(name) not in (None, "") else float("nan") for row in rows]
+
+
+def plot_history(logdir: str | Path, path: str | Path) -> Path:
+    """Draw loss, accuracy and macro-F1 per epoch (train and valid) into a PNG at `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers; select before pyplot is imported
+    import matplotlib.pyplot as plt
+
+    rows = read_history(logdir)
+    epochs = [int(row["epoch"]) for row in rows]
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4.2), constrained_layout=True)
+    panels = (("loss", "loss"), ("accuracy", "accuracy"), ("f1_macro", "macro-F1"))
+    for axis, (name, title) in zip(axes, panels, strict=True):
+        for loader, style in (("train", "-"), ("valid", "-o")):
+            axis.plot(epochs, _column(rows, f"{loader}_{name}"), style, label=loader, ms=3)
+        # Mark where the fine-tuning stage begins after a head-only stage.
+        for previous, row in pairwise(rows):
+            if row["stage"] != previous["stage"]:
+                axis.axvline(int(row["epoch"]) - 0.5, color="grey", ls=":", lw=1)
+        axis.set(title=title, xlabel="epoch")
+        axis.grid(alpha=0.3)
+        axis.legend()
+    best = max(rows, key=lambda row: float(row["valid_f1_macro"] or 0.0)) if rows else None
+    if best:
+        figure.suptitle(
+            f"best valid macro-F1 {float(best['valid_f1_macro']):.4f} at epoch {best['epoch']}"
+        )
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    return atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
+
+
+def summary_table(logdir: str | Path, weights: WeightsFile, seconds: float) -> str:
+    """The final terminal table: best epoch, valid macro-F1 and accuracy, time, images/s."""
+    rows = read_history(logdir)
+    train_speed = [value for value in _column(rows, "train_images_per_s") if value == value]
+    mean_speed = sum(train_speed) / len(train_speed) if train_speed else float("nan")
+    metrics = weights.metrics
+    lines = [
+        ("architecture", weights.arch),
+        ("classes", str(len(weights.classes))),
+        ("epochs run", str(len(rows))),
+        ("best epoch", str(metrics.get("epoch"))),
+        ("valid macro-F1", f"{metrics.get('f1_macro', float('nan')):.4f}"),
+        ("valid accuracy", f"{metrics.get('accuracy', float('nan')):.4f}"),
+        ("training time", f"{seconds:.0f} s"),
+        ("train images/s", f"{mean_speed:.0f} (mean over epochs)"),
+    ]
+    width = max(len(name) for name, _ in lines)
+    rule = "-" * (width + 40)
+    body = "\n".join(f"{name:<{width}}  {value}" for name, value in lines)
+    return f"{rule}\n{body}\n{rule}"

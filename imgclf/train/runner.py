@@ -1,0 +1,331 @@
+"""The Catalyst runner behind `catalyst-dl run --config configs/config.yaml`.
+
+Catalyst's `SupervisedConfigRunner` builds the stage components from their `_target_` nodes;
+this runner adds what it can't know:
+- data: `prepare_data` + `build_loaders` from the `data:` block (classes, split, cache);
+- model: `build_model` from `model:` with the class count, BatchNorm momentum, channels-last,
+  the backbone frozen in stages that say `freeze_backbone: true` (run only when pretrained);
+- criterion class weights, and the scheduler's `epochs` / `steps_per_epoch`;
+- resume that continues the remaining epochs (Catalyst 21.12 restarts the stage's epoch count);
+- the export at the end: weights file, picture, table;
+- bad input: one sentence on stderr and exit code 2 instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import time
+import warnings
+from copy import deepcopy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from catalyst.callbacks import CheckpointCallback
+from catalyst.core._misc import _get_original_callback, callback_isinstance
+from catalyst.registry import REGISTRY
+from catalyst.runners.config import SupervisedConfigRunner
+from catalyst.utils.misc import get_by_keys
+
+from imgclf.dataset import build_loaders, prepare_data
+from imgclf.dataset.presets import EvalPreset, TrainPreset
+from imgclf.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, InputError
+from imgclf.fileio import atomic_write_json
+from imgclf.train.callbacks import HistoryCallback, ThroughputCallback
+from imgclf.train.export import (
+    CHECKPOINTS,
+    SPLIT_FILE,
+    export_weights,
+    plot_history,
+    summary_table,
+)
+from imgclf.train.models import build_model, freeze_backbone, set_batchnorm_momentum
+from imgclf.train.settings import (
+    DataSettings,
+    ExportSettings,
+    ModelSettings,
+    check_stages,
+    logdir_of,
+)
+
+
+# Catalyst's loss metric calls float() on the loss tensor; harmless, but warns every run.
+warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True")
+
+
+def exit_for_input_error(error: InputError) -> None:
+    """Print the one-sentence error and leave with exit code 2 (no traceback)."""
+    print(f"error: {error}", file=sys.stderr)
+    raise SystemExit(EXIT_BAD_INPUT)
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a resumed run picks up: the checkpoint file and the stage it was written in."""
+
+    path: Path
+    stage: str
+    stage_epoch: int
+
+
+class ImageClassifierRunner(SupervisedConfigRunner):
+    """SupervisedConfigRunner for image folders; see the module docstring."""
+
+    def __init__(self, config: dict[str, Any], **kwargs: Any) -> None:
+        try:
+            check_stages(config)
+            super().__init__(config=config, **kwargs)
+            self.data_settings = DataSettings.from_config(self._config)
+            self.model_settings = ModelSettings.from_config(self._config)
+            self.export_settings = ExportSettings.from_config(
+                self._config, self.model_settings.arch
+            )
+            self.run_dir = logdir_of(self._config)
+            self._data = self._prepare_data(progress=True)
+            self._write_run_info()
+            # Built here, in the parent process, so a bad arch or pretrained file stops the run
+            # before any work, and every distributed worker starts from the same weights.
+            self.model = self._build_model()
+            self._resume_point = self._read_resume_point()
+        except InputError as error:
+            exit_for_input_error(error)
+        # Resume is handled here (see on_stage_start), not by Catalyst's CheckpointCallback.
+        self._resume = None
+        self._started = 0.0
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Distributed workers get a pickled runner: they re-open the cache instead of receiving
+        # the prepared data (the cache is already built, so that is quick).
+        state = self.__dict__.copy()
+        state["_data"] = None
+        return state
+
+    # ----------------------------------------------------------------------------- setup
+
+    def _prepare_data(self, progress: bool):
+        settings = self.data_settings
+        return prepare_data(
+            settings.root,
+            img_size=settings.img_size,
+            val_fraction=settings.val_fraction,
+            seed=self.seed,
+            cache_dir=settings.cache_dir,
+            progress=progress,
+        )
+
+    @property
+    def data(self):
+        """The prepared data (prepared again in distributed workers)."""
+        if self._data is None:
+            self._data = self._prepare_data(progress=False)
+        return self._data
+
+    def _write_run_info(self) -> None:
+        """`<logdir>/split.json`: what the export needs from the data, written next to the run."""
+        atomic_write_json(
+            self.run_dir / SPLIT_FILE,
+            {
+                "classes": self._data.classes,
+                "img_size": self.data_settings.img_size,
+                "class_counts": self._data.class_counts,
+                "split": self._data.split,
+            },
+        )
+
+    def _build_model(self) -> torch.nn.Module:
+        settings = self.model_settings
+        model = build_model(settings.arch, len(self._data.classes), settings.pretrained)
+        if settings.bn_momentum is not None:
+            set_batchnorm_momentum(model, settings.bn_momentum)
+        if settings.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def _read_resume_point(self) -> ResumePoint | None:
+        if not self._resume:
+            return None
+        path = Path(self._resume)
+        if not path.is_file():
+            raise InputError(
+                f"Checkpoint {path} does not exist; resume from "
+                f"{self.run_dir / CHECKPOINTS / 'last_full.pth'} or use --autoresume last."
+            )
+        checkpoint = torch.load(path, map_location="cpu")
+        if "optimizer_state_dict" not in checkpoint:
+            raise InputError(
+                f"{path} is a model-only checkpoint; resume from a *_full.pth checkpoint, "
+                f"e.g. {path.parent / 'last_full.pth'}."
+            )
+        stage = checkpoint.get("stage_key")
+        if stage not in self._stage_config:
+            raise InputError(
+                f"{path} was written in stage {stage!r}, which this config does not have; "
+                "resume with the config the run was started with."
+            )
+        return ResumePoint(path, stage, int(checkpoint["stage_epoch_step"]))
+
+    # ------------------------------------------------------------------ Catalyst's get_*
+
+    @property
+    def stages(self) -> list[str]:
+        """Config stages, minus head-only ones when not pretrained, from the resumed one on."""
+        pretrained = self.model_settings.pretrained is not None
+        names = [
+            name
+            for name, stage in self._stage_config.items()
+            if pretrained or not stage.get("freeze_backbone", False)
+        ]
+        if self._resume_point is not None:
+            names = names[names.index(self._resume_point.stage) :]
+        return names
+
+    def get_loaders(self, stage: str):
+        """Train / valid loaders over the cached images, with the presets from `data:`."""
+        settings = self.data_settings
+        return build_loaders(
+            self.data,
+            batch_size=settings.batch_size,
+            num_workers=settings.num_workers,
+            train_transform=TrainPreset(img_size=settings.img_size, **settings.augment),
+            eval_transform=EvalPreset(img_size=settings.img_size),
+            balanced=settings.balanced,
+            seed=self.seed,
+        )
+
+    def get_model(self, stage: str) -> torch.nn.Module:
+        """The one model of the run, with the backbone frozen when the stage asks for it."""
+        frozen = bool(get_by_keys(self._stage_config, stage, "freeze_backbone", default=False))
+        return freeze_backbone(self.model, self.model_settings.arch, frozen=frozen)
+
+    def get_criterion(self, stage: str):
+        """The stage's criterion; `class_weights: true` weights classes by inverse frequency."""
+        params = deepcopy(get_by_keys(self._stage_config, stage, "criterion", default={}))
+        if not params:
+            return None
+        if params.pop("class_weights", False):
+            counts = torch.tensor(
+                list(self.data.class_counts["train"].values()), dtype=torch.float
+            )
+            params["weight"] = counts.sum() / (len(counts) * counts.clamp(min=1))
+        return REGISTRY.get_from_params(**params)
+
+    def get_scheduler(self, optimizer, stage: str):
+        """The stage's scheduler, given `epochs` / `steps_per_epoch` when its class takes them."""
+        params = deepcopy(get_by_keys(self._stage_config, stage, "scheduler", default={}))
+        if not params:
+            return None
+        accepted = inspect.signature(REGISTRY.get(params["_target_"])).parameters
+        lengths = {"epochs": self.stage_epoch_len, "steps_per_epoch": len(self.loaders["train"])}
+        params.update({k: v for k, v in lengths.items() if k in accepted and k not in params})
+        return REGISTRY.get_from_params(**params, optimizer=optimizer)
+
+    def get_callbacks(self, stage: str):
+        """The config's callbacks plus the throughput and history the export relies on."""
+        callbacks = super().get_callbacks(stage)
+
+        def present(kind) -> bool:
+            return any(callback_isinstance(callback, kind) for callback in callbacks.values())
+
+        if not present(ThroughputCallback):
+            callbacks["_throughput"] = ThroughputCallback()
+        if not present(HistoryCallback):
+            callbacks["_history"] = HistoryCallback(self.run_dir)
+        return callbacks
+
+    # ------------------------------------------------------------------------ events
+
+    def handle_batch(self, batch):
+        """Forward pass, with the images in channels-last layout when the model is."""
+        if self.model_settings.channels_last:
+            features = batch[self._input_key]
+            batch[self._input_key] = features.contiguous(memory_format=torch.channels_last)
+        super().handle_batch(batch)
+
+    def on_experiment_start(self, runner) -> None:
+        """Start the clock of the final table."""
+        self._started = time.perf_counter()
+        super().on_experiment_start(runner)
+
+    def on_stage_start(self, runner) -> None:
+        """Set the stage up, then restore the resumed checkpoint or the previous stage's model."""
+        # Our loaders are plain; Catalyst adds the DistributedSampler itself, loudly.
+        warnings.filterwarnings("ignore", message="With distributed training setup")
+        super().on_stage_start(runner)
+        if self._resume_point is not None and self.stage_key == self._resume_point.stage:
+            self._restore(self._resume_point)
+        elif self.engine.is_ddp and self.stages.index(self.stage_key) > 0:
+            # Each stage runs in freshly spawned workers, whose model is the parent's initial
+            # one: carry the previous stage's training over through its last checkpoint.
+            last = self.engine.load_checkpoint(str(self.run_dir / CHECKPOINTS / "last.pth"))
+            self.engine.unpack_checkpoint(last, model=self.model)
+
+    def _restore(self, point: ResumePoint) -> None:
+        """Load model, optimizer, scheduler and counters; the stage goes on where it stopped."""
+        checkpoint = self.engine.load_checkpoint(str(point.path))
+        self.engine.unpack_checkpoint(
+            checkpoint,
+            model=self.model,
+            criterion=self.criterion,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+        )
+        for counter in ("global_epoch_step", "global_batch_step", "global_sample_step"):
+            setattr(self, counter, checkpoint[counter])
+        for counter in ("stage_epoch_step", "stage_batch_step", "stage_sample_step"):
+            setattr(self, counter, checkpoint[counter])
+        if self.engine.is_master_process:
+            print(
+                f"=> resumed from {point.path}: stage {point.stage!r}, "
+                f"epoch {point.stage_epoch} of {self.stage_epoch_len} done"
+            )
+        self._restore_best_score(point.stage)
+
+    def _restore_best_score(self, stage: str) -> None:
+        """Tell the checkpoint callback the stage's best score so far, so that a worse epoch
+        after the resume does not replace the best checkpoint."""
+        best_path = self.run_dir / CHECKPOINTS / "best.pth"
+        if not best_path.is_file():
+            return
+        best = torch.load(best_path, map_location="cpu")
+        for callback in self.callbacks.values():
+            callback = _get_original_callback(callback)  # unwrap e.g. ControlFlowCallback
+            if not isinstance(callback, CheckpointCallback) or best.get("stage_key") != stage:
+                continue
+            if not callback._use_model_selection:
+                continue
+            score = float(best["epoch_metrics"][callback.loader_key][callback.metric_key])
+            epoch = best["stage_epoch_step"]
+            # Callbacks learn their logdir only at their own stage start, after this one.
+            path = str(self.run_dir / CHECKPOINTS / f"{stage}.{epoch}.pth")
+            callback.best_score = score
+            callback.top_best_metrics = [(score, path, stage, epoch, best["epoch_metrics"])]
+
+    def on_experiment_end(self, runner) -> None:
+        """After a successful run: weights file, picture and the final table."""
+        super().on_experiment_end(runner)
+        if self.exception is not None:
+            return
+        settings = self.export_settings
+        weights = export_weights(
+            self.run_dir, settings.weights, arch=self.model_settings.arch, config=self._config
+        )
+        plot_history(self.run_dir, settings.picture)
+        print(summary_table(self.run_dir, weights, time.perf_counter() - self._started))
+        print(f"weights: {settings.weights}\npicture: {settings.picture}\nlogs:    {self.run_dir}")
+
+    def run(self) -> ImageClassifierRunner:
+        """Run the experiment; bad input exits 2, Ctrl-C exits 130 with the resume command."""
+        try:
+            return super().run()
+        except InputError as error:
+            exit_for_input_error(error)
+        except KeyboardInterrupt:
+            last = self.run_dir / CHECKPOINTS / "last_full.pth"
+            print(
+                f"\ninterrupted; continue with the same command plus --resume {last}",
+                file=sys.stderr,
+            )
+            raise SystemExit(EXIT_INTERRUPTED) from None
+        return self

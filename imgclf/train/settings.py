@@ -1,0 +1,176 @@
+"""The imgclf-specific blocks of a training config, checked before any work starts.
+
+Catalyst builds the stage components (criterion, optimizer, scheduler, callbacks) from their
+`_target_` nodes; what it does not know about lives in three top-level blocks read here:
+`data:` (where the images are and how they are fed), `model:` (architecture and initialisation)
+and `export:` (where the final weights and picture go). Every bad value raises InputError with
+one sentence naming the key, so `catalyst-dl run` can stop with exit code 2 and no traceback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imgclf.errors import InputError
+from imgclf.train.models import ARCHITECTURES
+
+# The one stage every config must have; a user shortens or lengthens training through it.
+MAIN_STAGE = "train"
+
+
+def _block(config: dict[str, Any], name: str) -> dict[str, Any]:
+    value = config.get(name) or {}
+    if not isinstance(value, dict):
+        raise InputError(f"Config block {name!r} must be a mapping of keys, got {value!r}.")
+    return value
+
+
+def _number(
+    block: dict[str, Any], where: str, key: str, default: Any, kind: type, low: float, high=None
+):
+    value = block.get(key, default)
+    valid = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if valid and kind is int:
+        valid = float(value).is_integer()
+    if not valid or value < low or (high is not None and value > high):
+        bounds = f"at least {low}" if high is None else f"between {low} and {high}"
+        what = "an integer" if kind is int else "a number"
+        raise InputError(f"{where}.{key} is {value!r}; it must be {what} {bounds}.")
+    return kind(value)
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """The `data:` block: what the dataset stage needs and how batches are formed."""
+
+    root: Path
+    img_size: int = 64
+    val_fraction: float = 0.15
+    batch_size: int = 64
+    num_workers: int = 2
+    cache_dir: Path | None = None
+    balanced: bool = False
+    augment: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> DataSettings:
+        """Read and check `config["data"]`."""
+        block = _block(config, "data")
+        if not block.get("root"):
+            raise InputError("data.root is missing; set it to the folder of images to train on.")
+        augment = block.get("augment") or {}
+        if not isinstance(augment, dict):
+            raise InputError(f"data.augment must be a mapping, got {augment!r}.")
+        known = {"scale", "hflip_prob", "color_jitter"}
+        unknown = sorted(set(augment) - known)
+        if unknown:
+            raise InputError(
+                f"data.augment has unknown key {unknown[0]!r}; use {', '.join(sorted(known))}."
+            )
+        if "scale" in augment:
+            scale = augment["scale"]
+            if not (isinstance(scale, (list, tuple)) and len(scale) == 2 and 0 < scale[0] <= 1):
+                raise InputError(
+                    f"data.augment.scale is {scale!r}; give two fractions like [0.35, 1.0]."
+                )
+            augment = {**augment, "scale": tuple(scale)}
+        cache_dir = block.get("cache_dir")
+        return cls(
+            root=Path(block["root"]),
+            img_size=_number(block, "data", "img_size", cls.img_size, int, 16, 1024),
+            val_fraction=_number(
+                block, "data", "val_fraction", cls.val_fraction, float, 0.01, 0.9
+            ),
+            batch_size=_number(block, "data", "batch_size", cls.batch_size, int, 1),
+            num_workers=_number(block, "data", "num_workers", cls.num_workers, int, 0),
+            cache_dir=Path(cache_dir) if cache_dir else None,
+            balanced=bool(block.get("balanced", False)),
+            augment=augment,
+        )
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """The `model:` block: which network and how it starts."""
+
+    arch: str = "mobilenet_v3_small"
+    pretrained: str | None = None
+    # torchvision's mobilenet_v3 uses 0.01: with few steps from scratch the eval-mode running
+    # statistics lag far behind the weights and validation collapses to one class.
+    bn_momentum: float | None = 0.1
+    channels_last: bool = True
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> ModelSettings:
+        """Read and check `config["model"]`."""
+        block = _block(config, "model")
+        arch = block.get("arch", cls.arch)
+        if arch not in ARCHITECTURES:
+            raise InputError(
+                f"Unknown architecture {arch!r} in model.arch; "
+                f"use one of: {', '.join(ARCHITECTURES)}."
+            )
+        pretrained = block.get("pretrained")
+        if pretrained in ("", "none", "None", False):
+            pretrained = None
+        momentum = block.get("bn_momentum", cls.bn_momentum)
+        if momentum is not None:
+            momentum = _number(block, "model", "bn_momentum", momentum, float, 0.0, 1.0)
+        return cls(
+            arch=arch,
+            pretrained=None if pretrained is None else str(pretrained),
+            bn_momentum=momentum,
+            channels_last=bool(block.get("channels_last", cls.channels_last)),
+        )
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """The `export:` block: where the final weights file and training picture are written."""
+
+    weights: Path
+    picture: Path
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], arch: str) -> ExportSettings:
+        """Read `config["export"]`; `{arch}` in the weights path is replaced by the arch."""
+        block = _block(config, "export")
+        weights = str(block.get("weights", "weights/{arch}.pth"))
+        return cls(
+            weights=Path(weights.replace("{arch}", arch)),
+            picture=Path(block.get("picture", "pictures/logs.png")),
+        )
+
+
+def check_stages(config: dict[str, Any]) -> None:
+    """The `stages:` block has a `train` stage and every stage a positive `num_epochs`."""
+    stages = _block(config, "stages")
+    if MAIN_STAGE not in stages:
+        raise InputError(
+            f"The config has no stage {MAIN_STAGE!r} under stages:; "
+            "start from configs/config.yaml and override only what differs."
+        )
+    for name, stage in stages.items():
+        if not isinstance(stage, dict):
+            raise InputError(f"stages.{name} must be a mapping, got {stage!r}.")
+        _number(stage, f"stages.{name}", "num_epochs", 1, int, 1)
+        scheduler = stage.get("scheduler") or {}
+        if scheduler and not scheduler.get("_target_"):
+            raise InputError(f"stages.{name}.scheduler needs a _target_ (a scheduler class path).")
+    callbacks = [
+        stage.get("callbacks") or {} for stage in stages.values() if isinstance(stage, dict)
+    ]
+    for stage_callbacks in callbacks:
+        for key, node in stage_callbacks.items():
+            if isinstance(node, dict) and "_target_" not in node:
+                raise InputError(f"Callback {key!r} has no _target_; give its full class path.")
+
+
+def logdir_of(config: dict[str, Any]) -> Path:
+    """The run's logdir (`args.logdir`), required because the run's outputs are read from it."""
+    logdir = (config.get("args") or {}).get("logdir")
+    if not logdir or str(logdir).lower() == "none":
+        raise InputError("args.logdir is not set; set it (e.g. logs/train) or pass --logdir.")
+    return Path(logdir)
