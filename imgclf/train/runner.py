@@ -50,7 +50,6 @@ from imgclf.train.settings import (
     logdir_of,
 )
 
-
 # Catalyst's loss metric calls float() on the loss tensor; harmless, but warns every run.
 warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True")
 
