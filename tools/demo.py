@@ -28,31 +28,51 @@ from imgclf.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, InputError
 
 def parse_args(argv: list[str] | None = None) -> DemoOptions:
     parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="tools/demo.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--data", type=Path, default=BUNDLED_DATA, help="folder of <label>/ image folders to serve"
+        "--data",
+        type=Path,
+        default=BUNDLED_DATA,
+        metavar="DIR",
+        help="folder of <label>/ image folders to serve (default: %(default)s)",
     )
     parser.add_argument(
-        "--per-class", type=int, help="use a seeded sample of this many images per class"
+        "--per-class",
+        type=int,
+        metavar="N",
+        help="use a seeded sample of N images per class (default: all images)",
     )
     parser.add_argument(
-        "--test-fraction", type=float, default=0.15, help="share of each class marked split=test"
+        "--test-fraction",
+        type=float,
+        default=0.15,
+        metavar="F",
+        help="share of each class marked split=test (default: %(default)s)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the test split and sample")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the test split and sample (default: %(default)s)",
+    )
     parser.add_argument(
         "--config",
         type=Path,
         action="append",
         default=[],
-        help="extra Catalyst config merged after configs/demo.yaml (repeatable)",
+        metavar="FILE",
+        help="one more Catalyst config merged after configs/demo.yaml (repeatable; default: none)",
     )
     parser.add_argument(
         "--workdir",
         type=Path,
         default=PROJECT_ROOT,
-        help="folder the commands run in (needs utils/ and configs/); outputs land there",
+        metavar="DIR",
+        help="folder the commands run in, where the outputs land; it needs utils/, configs/ "
+        "and imgclf/ (default: %(default)s)",
     )
     args = parser.parse_args(argv)
     return DemoOptions(

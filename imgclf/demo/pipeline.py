@@ -114,7 +114,7 @@ def check_prerequisites(options: DemoOptions, steps: list[Step], env: dict[str, 
         if not (workdir / path).is_file():
             raise InputError(
                 f"{workdir / path} is missing; run the demo from an imgclf checkout "
-                "(or pass --workdir with utils/ and configs/)."
+                "(or pass --workdir with utils/, configs/ and imgclf/)."
             )
     for config in options.extra_configs:
         if not (workdir / config).is_file():

@@ -1,0 +1,168 @@
+"""Every command the README shows is run by a test, by `make demo` or by CI, so none can rot.
+
+The README is assembled from docs/readme/*.md, so both are read. Commands are the lines of
+```bash blocks (comments after `#` dropped, `\\` continuations joined, a leading `$ ` removed),
+compared after shell tokenising so spacing and quoting style do not matter.
+
+COVERAGE is the reviewed map from each command to what runs it:
+- "demo": one of the commands `make demo` runs (checked against the demo's own list);
+- "ci": a command .ci/run runs;
+- "tests/<file>.py::<test>": a test that runs it (the test must exist and mention the program).
+A new README command without an entry fails `test_every_readme_command_is_covered`; an entry
+whose command left the docs fails `test_coverage_map_has_no_stale_entries`.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from imgclf.demo.pipeline import pipeline_steps
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs" / "readme").glob("*.md"))]
+
+DEMO_TEST = "tests/demo/test_demo_pipeline.py::"
+DOCKER_TEST = "tests/docker/test_docker_scripts.py::"
+COVERAGE: dict[str, str] = {
+    # README.md, CI
+    "make test": "ci",
+    # docs/readme/demo-docker.md
+    "make demo": DEMO_TEST + "test_make_demo_runs_the_whole_pipeline",
+    "make demo 'DEMO_ARGS=--per-class 20 --config my_quick.yaml'": (
+        DEMO_TEST + "test_make_demo_runs_the_whole_pipeline"
+    ),
+    ".venv/bin/python tools/demo.py --help": DEMO_TEST + "test_help_lists_every_option",
+    "python utils/download_data.py --urls data/demo/urls/urls.csv --out data/demo/images": "demo",
+    "catalyst-dl run --config configs/config.yaml configs/demo.yaml": "demo",
+    "python utils/inference.py": "demo",
+    "docker/build.sh": DOCKER_TEST + "test_build_uses_the_project_as_context_from_any_directory",
+    "docker/run.sh": DOCKER_TEST + "test_run_starts_a_throwaway_container_with_the_command",
+    "docker/run.sh make demo": (
+        DOCKER_TEST + "test_run_starts_a_throwaway_container_with_the_command"
+    ),
+    "docker/run_volume.sh": (
+        DOCKER_TEST + "test_run_volume_mounts_the_projects_data_folder_by_default"
+    ),
+    "docker/run_volume.sh '~/pets' python utils/download_data.py --urls data/urls.csv": (
+        DOCKER_TEST + "test_run_volume_resolves_a_relative_folder_and_passes_the_command"
+    ),
+}
+
+FENCE = re.compile(r"^```(\w*)\s*$")
+SHELL_LANGUAGES = {"bash", "sh", "shell"}
+
+
+def shell_lines(markdown: str) -> list[str]:
+    """The logical lines of the markdown's bash code blocks, continuations joined."""
+    lines: list[str] = []
+    language = None
+    pending = ""
+    for raw in markdown.splitlines():
+        fence = FENCE.match(raw.strip())
+        if fence:
+            language = None if language is not None else fence.group(1)
+            continue
+        if language not in SHELL_LANGUAGES:
+            continue
+        if raw.rstrip().endswith("\\"):
+            pending += raw.rstrip()[:-1] + " "
+            continue
+        lines.append(pending + raw)
+        pending = ""
+    return lines
+
+
+def normalise(line: str) -> str:
+    """The command on `line` in a canonical spelling; empty for blank and comment lines."""
+    line = line.strip()
+    if line.startswith("$ "):
+        line = line[2:]
+    return shlex.join(shlex.split(line, comments=True))
+
+
+def documented_commands() -> dict[str, list[str]]:
+    """Every command in the README and its parts, with the files that show it."""
+    found: dict[str, list[str]] = {}
+    for doc in DOCS:
+        if doc.exists():
+            for line in shell_lines(doc.read_text()):
+                command = normalise(line)
+                if command:
+                    found.setdefault(command, []).append(str(doc.relative_to(ROOT)))
+    return found
+
+
+def test_markdown_parsing_handles_comments_continuations_and_other_blocks():
+    markdown = "\n".join(
+        [
+            "Text `make nothing`.",
+            "```bash",
+            "make demo        # the whole pipeline",
+            "# a comment line",
+            "",
+            "$ python utils/inference.py \\",
+            '    --weights "weights/my model.pth"',
+            "```",
+            "```yaml",
+            "data: {root: data/images}",
+            "```",
+            "```",
+            "not a shell block",
+            "```",
+        ]
+    )
+    commands = [normalise(line) for line in shell_lines(markdown)]
+    assert [command for command in commands if command] == [
+        "make demo",
+        "python utils/inference.py --weights 'weights/my model.pth'",
+    ]
+
+
+def test_every_readme_command_is_covered():
+    missing = {
+        command: docs for command, docs in documented_commands().items() if command not in COVERAGE
+    }
+    assert not missing, (
+        "add these README commands to COVERAGE in tests/test_readme.py with the test that runs "
+        f"them (or 'demo' / 'ci'): {missing}"
+    )
+
+
+def test_coverage_map_has_no_stale_entries():
+    stale = sorted(set(COVERAGE) - set(documented_commands()))
+    assert not stale, f"these commands left the docs; remove them from COVERAGE: {stale}"
+
+
+@pytest.mark.parametrize("command", sorted(COVERAGE))
+def test_coverage_entry_points_at_what_really_runs_it(command):
+    where = COVERAGE[command]
+    if where == "demo":
+        assert command in [step.command for step in pipeline_steps()]
+    elif where == "ci":
+        assert command in (ROOT / ".ci" / "run").read_text().splitlines()
+    else:
+        path, _, name = where.partition("::")
+        test_file = ROOT / path
+        assert test_file.is_file(), f"{where}: no such test file"
+        source = test_file.read_text()
+        assert re.search(rf"^def {re.escape(name)}\(", source, re.MULTILINE), (
+            f"{where}: no such test"
+        )
+        # The program the command is about: not the interpreter, `make` or a VAR=value.
+        program = next(
+            word
+            for word in shlex.split(command)
+            if not Path(word).name.startswith("python") and word != "make" and "=" not in word
+        )
+        assert Path(program).name in source, f"{where} never mentions {program}"
+
+
+def test_every_command_the_demo_runs_is_documented():
+    documented = documented_commands()
+    for step in pipeline_steps():
+        assert step.command in documented, f"document `{step.command}` (make demo runs it)"
+        assert COVERAGE[step.command] == "demo"
