@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -33,6 +34,8 @@ URL_LIST = Path("data/demo/urls/urls.csv")
 IMAGES = Path("data/demo/images")
 CONFIGS = (Path("configs/config.yaml"), Path("configs/demo.yaml"))
 WEIGHTS = Path("weights/mobilenet_v3_small.pth")
+# How long a command may take to stop after Ctrl-C before it is asked again, then killed.
+INTERRUPT_GRACE_SECONDS = 15
 
 
 @dataclass(frozen=True)
@@ -149,15 +152,46 @@ def run_step(
     say(f"\n==> [{number}/{total}] {step.title}\n    $ {step.command}")
     start = time.perf_counter()
     executable = shutil.which(step.argv[0], path=env["PATH"]) or step.argv[0]
-    result = subprocess.run([executable, *step.argv[1:]], cwd=options.workdir, env=env)
+    returncode = run_command([executable, *step.argv[1:]], cwd=options.workdir, env=env)
     seconds = time.perf_counter() - start
-    if result.returncode != 0:
-        raise StepFailed(number, step, result.returncode)
+    if returncode != 0:
+        raise StepFailed(number, step, returncode)
     missing = [str(path) for path in step.outputs if not (options.workdir / path).exists()]
     if missing:
         raise StepFailed(number, step, 1, f"finished but did not write {', '.join(missing)}")
     say(f"    done in {format_seconds(seconds)}; wrote {', '.join(map(str, step.outputs))}")
     return seconds
+
+
+def run_command(argv: list[str], cwd: Path, env: dict[str, str]) -> int:
+    """Run `argv` to completion; on Ctrl-C let it shut down cleanly, then re-raise.
+
+    Ctrl-C in a terminal reaches the whole process group, so the command gets it too and is
+    given time to finish its own clean-up (the downloader writes its manifest, training its
+    checkpoint) instead of being killed half-way as `subprocess.run` would after 0.25 s.
+    """
+    process = subprocess.Popen(argv, cwd=cwd, env=env)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        stop_after_interrupt(process)
+        raise
+
+
+def stop_after_interrupt(process: subprocess.Popen) -> None:
+    """Wait for `process` to stop after a Ctrl-C; ask it once more, then kill it."""
+    try:
+        process.wait(timeout=INTERRUPT_GRACE_SECONDS)
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    # Still running: the interrupt reached the demo alone (e.g. `kill -INT`), so pass it on.
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=INTERRUPT_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 class StepFailed(Exception):
