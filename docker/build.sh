@@ -6,14 +6,7 @@
 # (docker/run_volume.sh) are yours. Example: docker/build.sh --no-cache
 set -euo pipefail
 # shellcheck source=docker/common.sh
-source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-
-case "${1:-}" in
--h | --help)
-    usage "${BASH_SOURCE[0]}"
-    exit 0
-    ;;
-esac
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"  # also answers -h / --help
 
 ids=()
 # Root's ids already exist in the base image; the Dockerfile's defaults (1000) apply then.

@@ -23,3 +23,12 @@ docker_run() {
     fi
     exec docker run --rm "${terminal[@]}" "$@"
 }
+
+# Sourced without arguments, this file sees the calling script's arguments: every script
+# answers -h / --help with the comment block at its top.
+case "${1:-}" in
+-h | --help)
+    usage "${BASH_SOURCE[1]}"
+    exit 0
+    ;;
+esac

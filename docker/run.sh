@@ -5,13 +5,6 @@
 # Examples: docker/run.sh make demo    docker/run.sh python utils/inference.py --help
 set -euo pipefail
 # shellcheck source=docker/common.sh
-source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-
-case "${1:-}" in
--h | --help)
-    usage "${BASH_SOURCE[0]}"
-    exit 0
-    ;;
-esac
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"  # also answers -h / --help
 
 docker_run "$image" "$@"

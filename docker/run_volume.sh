@@ -6,14 +6,7 @@
 # Example: docker/run_volume.sh ~/datasets python utils/download_data.py --urls data/urls.csv
 set -euo pipefail
 # shellcheck source=docker/common.sh
-source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-
-case "${1:-}" in
--h | --help)
-    usage "${BASH_SOURCE[0]}"
-    exit 0
-    ;;
-esac
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"  # also answers -h / --help
 
 data_dir="${1:-$project_root/data}"
 if [ ! -d "$data_dir" ]; then
