@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shlex
+import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -110,6 +114,33 @@ def test_failing_step_stops_the_demo_with_its_exit_code(tmp_path):
     assert "demo stopped: step 3 (training mobilenet_v3_small) exited with code 2" in result.stdout
     assert "[4/4]" not in result.stdout
     assert not (workdir / "reports").exists()
+
+
+@needs_stages
+def test_ctrl_c_stops_the_server_and_exits_130(tmp_path):
+    workdir = demo_workdir(tmp_path)
+    # A session of its own: the signal below reaches the demo and its commands, like Ctrl-C.
+    process = subprocess.Popen(
+        [*DEMO, "--workdir", str(workdir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        for line in process.stdout:
+            if "$ python utils/download_data.py" in line:
+                break
+        os.killpg(process.pid, signal.SIGINT)
+        rest = process.stdout.read()
+        assert process.wait(timeout=120) == 130, rest
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert "interrupted: the HTTP server is stopped" in rest
+    first_url = next(csv.DictReader((workdir / URL_LIST).open()))["url"]
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(first_url, timeout=5)
 
 
 @pytest.mark.slow
