@@ -16,12 +16,25 @@ from typing import IO, Any
 TMP_SUFFIX = ".tmp"
 
 
+def _default_file_mode() -> int:
+    """0o666 minus the process umask: the mode `open()` would have given a new file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+# Read once: os.umask can only be read by setting it, which is not thread-safe at write time.
+_FILE_MODE = _default_file_mode()
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     """Call `write(fileobj)` on a temporary file next to `path`, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
     try:
+        # mkstemp creates the file 0600; give it the usual mode so others can read reports.
+        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
