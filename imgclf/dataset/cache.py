@@ -2,7 +2,7 @@
 
 Decoding JPEGs is what makes two CPU cores the bottleneck of a training epoch, so each image is
 decoded (EXIF-transposed RGB, `imgclf.imaging.open_rgb`), its shorter side resized to `side`
-and centre-cropped to a `side`×`side` square, exactly like the eval preset's first two steps:
+and cropped to a `side`×`side` square around the centre, exactly like the eval preset's resize:
 the eval preset applied to a cached image gives the same tensor as applied to the original.
 
 Layout: `<cache_dir>/<side>px-<key>/images.npy` (N×side×side×3, uint8, rows in sample order)
@@ -80,17 +80,19 @@ def file_keys(root: Path, samples: Sequence[Sample]) -> list[FileKey]:
     return keys
 
 
-def cache_key(keys: Sequence[FileKey], side: int) -> str:
-    """Hash of the cache format, the side and every file key."""
-    text = json.dumps([CACHE_VERSION, side, [list(key) for key in keys]])
+def cache_key(keys: Sequence[FileKey], side: int, crop: int) -> str:
+    """Hash of the cache format, the geometry and every file key."""
+    text = json.dumps([CACHE_VERSION, side, crop, [list(key) for key in keys]])
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
 
 
-def decode_square(path: str | Path, side: int) -> np.ndarray:
-    """Decode `path` as upright RGB, resize the shorter side to `side`, centre-crop a square.
+def decode_square(path: str | Path, side: int, crop: int | None = None) -> np.ndarray:
+    """Decode `path` as upright RGB, resize the shorter side to `side`, crop a centred square.
 
-    The arithmetic mirrors torchvision's `Resize(side)` + `CenterCrop(side)` (truncated long
-    side, rounded crop offset), so the cached pixels match the eval preset's.
+    The arithmetic mirrors torchvision's `Resize(side)` (truncated long side). The square's
+    offset is chosen so that a later `CenterCrop(crop)` of it picks the very pixels that
+    `CenterCrop(crop)` picks from the resized original: two rounded centre crops in a row can
+    be one pixel off a single one.
     """
     image = open_rgb(path)
     width, height = image.size
@@ -99,9 +101,15 @@ def decode_square(path: str | Path, side: int) -> np.ndarray:
     new_size = (side, new_long) if width <= height else (new_long, side)
     if new_size != image.size:
         image = image.resize(new_size, Image.Resampling.BILINEAR)
-    left = round((new_size[0] - side) / 2.0)
-    top = round((new_size[1] - side) / 2.0)
+    crop = crop or side
+    left = _centre_offset(new_size[0], crop) - _centre_offset(side, crop)
+    top = _centre_offset(new_size[1], crop) - _centre_offset(side, crop)
     return np.asarray(image.crop((left, top, left + side, top + side)), dtype=np.uint8)
+
+
+def _centre_offset(length: int, crop: int) -> int:
+    """First kept pixel of torchvision's `CenterCrop(crop)` on `length` pixels."""
+    return round((length - crop) / 2.0)
 
 
 def load_or_build(
@@ -110,26 +118,32 @@ def load_or_build(
     side: int,
     cache_dir: str | Path,
     *,
+    crop: int | None = None,
     workers: int | None = None,
     progress: bool = True,
 ) -> ImageCache:
     """The cache of `samples` at `side` px under `cache_dir`: reused when its key matches, else
-    built (in parallel over `workers` processes, default: all cores) and renamed into place."""
+    built (in parallel over `workers` processes, default: all cores) and renamed into place.
+
+    crop: the eval preset's centre crop (`img_size`), so the cache lines up with it exactly.
+    """
+    crop = crop or side
     root, cache_dir = Path(root), Path(cache_dir)
     keys = file_keys(root, samples)
-    folder = cache_dir / f"{side}px-{cache_key(keys, side)}"
+    folder = cache_dir / f"{side}px-{cache_key(keys, side, crop)}"
     cache_dir.mkdir(parents=True, exist_ok=True)
     with _locked(cache_dir / ".lock"):
         if (folder / META).is_file():
             return _open_finished(folder, built=False)
         _remove_leftovers(cache_dir)
-        previous = _previous_rows(cache_dir, side)
+        previous = _previous_rows(cache_dir, side, crop)
         tmp = cache_dir / f".{folder.name}.{os.getpid()}{TMP_SUFFIX}"
         tmp.mkdir()
-        failed = _fill(tmp / IMAGES, root, keys, side, previous, workers, progress)
+        failed = _fill(tmp / IMAGES, root, keys, (side, crop), previous, workers, progress)
         meta = {
             "version": CACHE_VERSION,
             "side": side,
+            "crop": crop,
             "count": len(keys),
             "files": [list(key) for key in keys],
             "failed": {str(index): reason for index, reason in sorted(failed.items())},
@@ -150,7 +164,7 @@ def _open_finished(folder: Path, *, built: bool) -> ImageCache:
     return ImageCache(folder, meta["side"], meta["count"], failed, built)
 
 
-def _previous_rows(cache_dir: Path, side: int) -> dict[FileKey, tuple[Path, int]]:
+def _previous_rows(cache_dir: Path, side: int, crop: int) -> dict[FileKey, tuple[Path, int]]:
     """File key → (images.npy, row) of decoded rows in earlier finished caches of this side."""
     rows: dict[FileKey, tuple[Path, int]] = {}
     for folder in sorted(cache_dir.glob(f"{side}px-*")):
@@ -158,7 +172,7 @@ def _previous_rows(cache_dir: Path, side: int) -> dict[FileKey, tuple[Path, int]
             meta = json.loads((folder / META).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if meta.get("version") != CACHE_VERSION:
+        if meta.get("version") != CACHE_VERSION or meta.get("crop") != crop:
             continue
         failed = set(meta["failed"])
         for index, key in enumerate(meta["files"]):
@@ -171,12 +185,13 @@ def _fill(
     images_path: Path,
     root: Path,
     keys: Sequence[FileKey],
-    side: int,
+    geometry: tuple[int, int],
     previous: dict[FileKey, tuple[Path, int]],
     workers: int | None,
     progress: bool,
 ) -> dict[int, str]:
     """Write every row of a new images.npy; returns {index: reason} for undecodable files."""
+    side = geometry[0]
     images = np.lib.format.open_memmap(
         images_path, mode="w+", dtype=np.uint8, shape=(len(keys), side, side, 3)
     )
@@ -204,7 +219,7 @@ def _fill(
         if workers > 1 and len(paths) >= MIN_PARALLEL:
             with _decoding_pool(workers) as pool:
                 futures = {
-                    pool.submit(_decode_chunk, str(images_path), side, chunk): len(chunk)
+                    pool.submit(_decode_chunk, str(images_path), geometry, chunk): len(chunk)
                     for chunk in chunks
                 }
                 for future in as_completed(futures):
@@ -212,20 +227,22 @@ def _fill(
                     bar.update(futures[future])
         else:
             for chunk in chunks:
-                failed.update(_decode_chunk(str(images_path), side, chunk))
+                failed.update(_decode_chunk(str(images_path), geometry, chunk))
                 bar.update(len(chunk))
     finally:
         bar.close()
     return failed
 
 
-def _decode_chunk(images_path: str, side: int, chunk: list[tuple[int, str]]) -> dict[int, str]:
+def _decode_chunk(
+    images_path: str, geometry: tuple[int, int], chunk: list[tuple[int, str]]
+) -> dict[int, str]:
     """Decode `chunk` [(row, file)] into the rows of the memmapped images; failures by row."""
     images = np.load(images_path, mmap_mode="r+")
     failed: dict[int, str] = {}
     for index, path in chunk:
         try:
-            images[index] = decode_square(path, side)
+            images[index] = decode_square(path, *geometry)
         except FileNotFoundError:
             failed[index] = f"missing file {path}"
         except Exception as error:  # any undecodable file is one row with a reason

@@ -27,7 +27,8 @@ def build_loaders(
 
     balanced: draw training images with probability 1 / (count of their class), so every class
     is seen equally often per epoch (the epoch length stays the number of training images).
-    The seed fixes the shuffle / sampling order and, through it, each worker's augmentation.
+    The seed fixes the shuffle / sampling order and, through it, each worker's augmentation
+    (with num_workers=0 the augmentation draws from the global torch RNG, which Catalyst seeds).
     """
     train = data.dataset("train", train_transform)
     valid = data.dataset("valid", eval_transform)

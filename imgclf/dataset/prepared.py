@@ -131,7 +131,9 @@ def prepare_data(
     side = resize_size or resize_size_for(img_size)
     cache_dir = Path(cache_dir) if cache_dir is not None else root / CACHE_FOLDER
     try:
-        cache = load_or_build(root, samples, side, cache_dir, workers=workers, progress=progress)
+        cache = load_or_build(
+            root, samples, side, cache_dir, crop=img_size, workers=workers, progress=progress
+        )
     except PermissionError as error:
         raise InputError(
             f"Cannot write the image cache to {cache_dir} ({error.strerror}); "
