@@ -1,0 +1,262 @@
+"""Fetch URLs politely and defensively: one aiohttp session, limits, retries, a byte cap.
+
+- connection reuse with a global (`concurrency`) and a per-host (`per_host`) connection limit;
+- connect and total timeouts per attempt; only http/https, also after each redirect;
+- redirects followed by hand (at most `max_redirects`): aiohttp's own `max_redirects=N` follows
+  only N-1, and doing it here re-checks scheme and `--block-private` on every hop;
+- retries with exponential backoff and jitter for retryable failures only (connection errors,
+  timeouts, a body cut short, 429, 5xx), waiting at least what `Retry-After` asks;
+- bodies streamed with a cap (`max_bytes`); over the cap or cut short is rejected, never kept;
+- `X-Robots-Tag: noai` / `noimageai` honoured (`opted_out`) unless `honour_opt_out` is off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import ipaddress
+import random
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import aiohttp
+from yarl import URL
+
+from imgclf import __version__
+from imgclf.acquire.reasons import http_reason, is_retryable
+
+USER_AGENT_TOKEN = "imgclf"
+USER_AGENT = f"{USER_AGENT_TOKEN}/{__version__} (image dataset downloader; honours X-Robots-Tag)"
+OPT_OUT_DIRECTIVES = frozenset({"noai", "noimageai"})
+# Directives written `name: value`; a leading one is not a bot name.
+_DIRECTIVES_WITH_VALUE = frozenset(
+    {"unavailable_after", "max-snippet", "max-image-preview", "max-video-preview"}
+)
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+SCHEMES = frozenset({"http", "https"})
+_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class FetchOptions:
+    """Network behaviour; the CLI exposes every field."""
+
+    concurrency: int = 128
+    per_host: int = 64
+    connect_timeout: float = 10.0
+    timeout: float = 30.0
+    retries: int = 2
+    retry_delay: float = 0.5
+    max_retry_wait: float = 60.0
+    max_bytes: int = 20 * 1024 * 1024
+    max_redirects: int = 5
+    honour_opt_out: bool = True
+    block_private: bool = False
+    user_agent: str = USER_AGENT
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    """`body` when the fetch worked, else a reason word; `attempts` counts requests tried."""
+
+    body: bytes | None
+    reason: str
+    attempts: int
+
+
+class _Failure(Exception):
+    """One attempt failed with `reason`; `retry_after` is the server's wish in seconds."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class Fetcher:
+    """Async context manager owning the HTTP session; `await fetch(url)` never raises."""
+
+    def __init__(self, options: FetchOptions) -> None:
+        self.options = options
+        self._session: aiohttp.ClientSession | None = None
+        self._private_hosts: dict[str, bool] = {}
+
+    async def __aenter__(self) -> Fetcher:
+        connector = aiohttp.TCPConnector(
+            limit=self.options.concurrency,
+            limit_per_host=self.options.per_host,
+            ttl_dns_cache=300,
+        )
+        timeout = aiohttp.ClientTimeout(
+            total=self.options.timeout, sock_connect=self.options.connect_timeout
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=timeout,
+            headers={"User-Agent": self.options.user_agent},
+            # Cookies from one image host are of no use for the next request; skip the jar.
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def fetch(self, url: str) -> FetchResult:
+        """Download `url` with retries; returns the body or the reason of the last failure."""
+        reason = check_url(url)
+        if reason:
+            return FetchResult(None, reason, 0)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return FetchResult(await self._attempt(URL(url, encoded=False)), "", attempt)
+            except _Failure as failure:
+                if not is_retryable(failure.reason) or attempt > self.options.retries:
+                    return FetchResult(None, failure.reason, attempt)
+                await asyncio.sleep(self._backoff(attempt, failure.retry_after))
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        base = self.options.retry_delay * 2 ** (attempt - 1)
+        # Jitter spreads the retries of many failed requests so they do not return as one burst.
+        delay = base + random.uniform(0, self.options.retry_delay)
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        return min(delay, self.options.max_retry_wait)
+
+    async def _attempt(self, url: URL) -> bytes:
+        assert self._session is not None, "use `async with Fetcher(...)`"
+        for _hop in range(self.options.max_redirects + 1):
+            if url.scheme not in SCHEMES:
+                raise _Failure("unsupported_scheme")
+            if not url.host:
+                raise _Failure("invalid_url")
+            if self.options.block_private and await self._is_private(url.host):
+                raise _Failure("blocked_private")
+            try:
+                async with self._session.get(url, allow_redirects=False) as response:
+                    if response.status in REDIRECT_STATUSES:
+                        location = response.headers.get("Location")
+                        if not location:
+                            raise _Failure(http_reason(response.status))
+                        url = url.join(URL(location))
+                        continue
+                    return await self._read(response)
+            except _Failure:
+                raise
+            except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+                raise _Failure("timeout") from None
+            except aiohttp.ClientPayloadError:
+                raise _Failure("incomplete") from None
+            except (aiohttp.InvalidURL, ValueError):
+                raise _Failure("invalid_url") from None
+            except (aiohttp.ClientError, OSError):
+                raise _Failure("connection") from None
+        raise _Failure("too_many_redirects")
+
+    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+        if not 200 <= response.status < 300:
+            raise _Failure(http_reason(response.status), retry_after_seconds(response.headers))
+        if self.options.honour_opt_out and opted_out(response.headers.getall("X-Robots-Tag", [])):
+            raise _Failure("opted_out")
+        limit = self.options.max_bytes
+        announced = response.content_length
+        if announced is not None and announced > limit:
+            raise _Failure("too_large")
+        if announced is not None and "Content-Encoding" not in response.headers:
+            # The length is known and within the cap: one read, no chunk bookkeeping.
+            return await response.read()
+        chunks, size = [], 0
+        async for chunk in response.content.iter_chunked(_CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise _Failure("too_large")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _is_private(self, host: str) -> bool:
+        cached = self._private_hosts.get(host)
+        if cached is not None:
+            return cached
+        try:
+            addresses = [ipaddress.ip_address(host)]
+        except ValueError:
+            loop = asyncio.get_running_loop()
+            try:
+                infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+            except OSError:
+                raise _Failure("connection") from None
+            addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
+        private = any(_is_non_public(address) for address in addresses)
+        if len(self._private_hosts) > 10_000:  # a long list of hosts must not grow memory
+            self._private_hosts.clear()
+        self._private_hosts[host] = private
+        return private
+
+
+def check_url(url: str) -> str:
+    """'' when `url` looks fetchable, else `invalid_url` or `unsupported_scheme`."""
+    try:
+        parsed = URL(url)
+    except (ValueError, TypeError):
+        return "invalid_url"
+    if not parsed.scheme or (parsed.scheme in SCHEMES and not parsed.host):
+        return "invalid_url"
+    if parsed.scheme not in SCHEMES:
+        return "unsupported_scheme"
+    try:
+        parsed.port  # noqa: B018 - raises on a port that is not a number or out of range
+    except ValueError:
+        return "invalid_url"
+    return ""
+
+
+def opted_out(values: list[str], token: str = USER_AGENT_TOKEN) -> bool:
+    """True if an X-Robots-Tag value forbids AI use for every bot or for `token`.
+
+    A value is `directive, directive` or `bot: directive, ...`; only the second form can
+    target a single crawler, and then only ours counts.
+    """
+    for value in values:
+        head, colon, tail = value.partition(":")
+        bot = head.strip().lower()
+        if colon and "," not in bot and bot not in _DIRECTIVES_WITH_VALUE:
+            if bot != token:
+                continue
+            value = tail
+        directives = {part.partition(":")[0].strip().lower() for part in value.split(",")}
+        if directives & OPT_OUT_DIRECTIVES:
+            return True
+    return False
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """`Retry-After` as seconds from now (delta-seconds or an HTTP date), or None."""
+    value = headers.get("Retry-After")
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _is_non_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return (
+        address.is_loopback
+        or address.is_private
+        or address.is_link_local
+        or address.is_multicast
+        or address.is_unspecified
+        or address.is_reserved
+    )

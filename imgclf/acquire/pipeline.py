@@ -1,0 +1,376 @@
+"""One download (or import) run: reader → fetcher → validator (worker processes) → writer.
+
+Concurrency, bounded at every step so memory stays flat with the size of the input:
+- the reader is a generator; the producer pulls the next row only when the window has room
+  (`window` rows between "started" and "committed") and, for a fetch, a connection slot is free;
+- each row is one asyncio task: fetch, stage the bytes as a temporary file in the target folder,
+  validate it in a worker process (decode is CPU work, so it runs on every core);
+- the committer takes finished tasks strictly in input order: it decides duplicates (the first row
+  in input order keeps the image), renames the staged file into place, appends and flushes the
+  manifest row. Input order makes the result independent of timing, so a resumed run ends with
+  exactly the files and manifest of an uninterrupted one.
+Ctrl-C / SIGTERM: stop reading, commit what is finished in order, drop the rest, keep earlier
+runs' rows, flush, and report `interrupted`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import multiprocessing
+import os
+import signal
+import sys
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from imgclf.acquire.fetcher import Fetcher, FetchOptions, FetchResult
+from imgclf.acquire.importer import import_rows, iter_import, scan_import
+from imgclf.acquire.layout import (
+    MANIFEST_NAME,
+    STATS_NAME,
+    candidate_paths,
+    relative_path,
+    remove_stale_temporaries,
+    stage_file,
+    url_key,
+)
+from imgclf.acquire.manifest import (
+    ManifestCursor,
+    ManifestRow,
+    ManifestWriter,
+    read_manifest,
+    recover_previous,
+)
+from imgclf.acquire.reader import InputSummary, UrlRow, iter_url_rows, scan_urls
+from imgclf.acquire.reasons import DUPLICATE, FAILED, OK
+from imgclf.acquire.stats import RunStats
+from imgclf.acquire.validator import (
+    ValidationOptions,
+    init_worker,
+    stored_file_intact,
+    validate_file,
+)
+
+
+@dataclass(frozen=True)
+class DownloadOptions:
+    """Everything a run needs; exactly one of `urls` and `import_from` is set."""
+
+    out: Path
+    urls: Path | None = None
+    import_from: Path | None = None
+    fetch: FetchOptions = field(default_factory=FetchOptions)
+    validation: ValidationOptions = field(default_factory=ValidationOptions)
+    retry_failed: bool = False
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    window: int = 16_384
+    progress: bool = True
+
+
+@dataclass
+class _Job:
+    row: UrlRow
+    folder: str
+    old: ManifestRow | None
+    data: bytes | None = None  # --import: the bytes, read by the producer
+
+
+@dataclass
+class _Outcome:
+    row: ManifestRow
+    staged: Path | None = None  # renamed into place when committed as ok
+    reused: bool = False
+
+
+def run_download(options: DownloadOptions) -> RunStats:
+    """Run a whole download or import; InputError before any work if the input is bad."""
+    if options.import_from is not None:
+        source = options.import_from
+        summary = scan_import(source)
+
+        def rows() -> Iterator[UrlRow]:
+            return import_rows(source)
+    else:
+        assert options.urls is not None
+        urls = options.urls
+        summary = scan_urls(urls)
+
+        def rows() -> Iterator[UrlRow]:
+            return iter_url_rows(urls)
+
+    out = options.out
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
+    previous = recover_previous(out, rows)
+    stats = RunStats(rows_total=summary.rows)
+    pool = _start_workers(options.workers)
+    try:
+        run = _Run(options, summary, previous, pool, stats)
+        asyncio.run(run.main())
+        if previous is not None:
+            previous.unlink()  # every row it held was carried into the new manifest
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        stats.finished = stats.finished or stats.started + stats.duration
+        stats.save(out / STATS_NAME)
+    return stats
+
+
+def _start_workers(workers: int) -> ProcessPoolExecutor:
+    # fork is fastest on Linux; start every worker now, before asyncio or tqdm start threads.
+    method = "fork" if sys.platform == "linux" else "spawn"
+    pool = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context(method),
+        initializer=init_worker,
+    )
+    pool.submit(int).result()
+    return pool
+
+
+class _Run:
+    def __init__(
+        self,
+        options: DownloadOptions,
+        summary: InputSummary,
+        previous: Path | None,
+        pool: ProcessPoolExecutor,
+        stats: RunStats,
+    ) -> None:
+        self.options = options
+        self.out = options.out
+        self.folders = summary.folders
+        self.cursor = ManifestCursor(read_manifest(previous)) if previous else None
+        self.pool = pool
+        self.stats = stats
+        self.seen: dict[str, tuple[str, str]] = {}  # sha256 -> (url, label) of the kept image
+        self.stored: set[str] = set()  # paths committed as ok in this run
+        self.made_folders: set[str] = set()
+        self.queue: deque[tuple[_Job, asyncio.Task[_Outcome]]] = deque()
+        self.producing = True
+        self.stopping = False
+        self.waiting_job: _Job | None = None  # read from the input, not queued yet
+
+    async def main(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.changed = asyncio.Event()
+        self.window = asyncio.Semaphore(self.options.window)
+        self.slots = asyncio.Semaphore(self.options.fetch.concurrency)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(signum, self._request_stop, signum)
+        self.writer = ManifestWriter(self.out / MANIFEST_NAME)
+        self.progress = tqdm(
+            total=self.stats.rows_total,
+            unit="url",
+            desc="download",
+            disable=not self.options.progress,
+            dynamic_ncols=True,
+            smoothing=0.05,
+        )
+        try:
+            async with Fetcher(self.options.fetch) as fetcher:
+                self.fetcher = fetcher
+                producer = asyncio.create_task(self._produce())
+                await self._commit_in_order()
+                if self.stopping:
+                    producer.cancel()
+                    await self._drop_unfinished()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await producer
+        finally:
+            self.progress.close()
+            self.writer.close()
+            self._remove_empty_folders()
+            self.stats.interrupted = self.stopping
+            self.stats.finished = self.stats.started + self.stats.duration
+
+    def _remove_empty_folders(self) -> None:
+        """A label whose every row failed or was a duplicate must not leave an empty class."""
+        for folder in self.made_folders:
+            with contextlib.suppress(OSError):
+                (self.out / folder).rmdir()
+
+    def _request_stop(self, signum: int) -> None:
+        self.stopping = True
+        self.changed.set()
+        # A second Ctrl-C falls back to Python's default: an immediate KeyboardInterrupt.
+        asyncio.get_running_loop().remove_signal_handler(signum)
+
+    # -- producer ---------------------------------------------------------------------------
+
+    def _jobs(self) -> Iterator[_Job]:
+        if self.options.import_from is not None:
+            members = iter_import(self.options.import_from, self.options.fetch.max_bytes)
+            for row, data in members:
+                yield _Job(row, self.folders[row.label], self._old(row), data)
+        else:
+            assert self.options.urls is not None
+            for row in iter_url_rows(self.options.urls):
+                yield _Job(row, self.folders[row.label], self._old(row))
+
+    def _old(self, row: UrlRow) -> ManifestRow | None:
+        return self.cursor.take(row) if self.cursor else None
+
+    async def _produce(self) -> None:
+        try:
+            for job in self._jobs():
+                self.waiting_job = job
+                await self.window.acquire()
+                fetch_now = self._must_fetch(job.old)
+                if fetch_now:
+                    await self.slots.acquire()
+                task = asyncio.create_task(self._process(job, fetch_now))
+                task.add_done_callback(lambda _task: self.changed.set())
+                self.queue.append((job, task))
+                self.waiting_job = None
+                if self.stopping:
+                    break
+        finally:
+            self.producing = False
+            self.changed.set()
+
+    def _must_fetch(self, old: ManifestRow | None) -> bool:
+        """Without a usable earlier row the URL is fetched; ok rows are checked on disk first."""
+        if old is None:
+            return True
+        if old.status == FAILED:
+            return self.options.retry_failed
+        return False
+
+    # -- one row ----------------------------------------------------------------------------
+
+    async def _process(self, job: _Job, holds_slot: bool) -> _Outcome:
+        old = job.old
+        if old is not None and not holds_slot:
+            if old.status != OK or await self._intact(old):
+                return _Outcome(old, reused=True)
+            await self.slots.acquire()  # the stored file is gone or damaged: fetch it again
+        try:
+            result = await self._obtain(job)
+        finally:
+            self.slots.release()
+        if result.body is None:
+            return _Outcome(_failed(job.row, result.reason, result.attempts))
+        return await self._validate(job, result)
+
+    async def _intact(self, old: ManifestRow) -> bool:
+        loop = asyncio.get_running_loop()
+        path = str(self.out / old.path)
+        check = stored_file_intact, path, old.sha256, old.bytes if old.bytes is not None else -1
+        return await loop.run_in_executor(self.pool, *check)
+
+    async def _obtain(self, job: _Job) -> FetchResult:
+        if self.options.import_from is None:
+            return await self.fetcher.fetch(job.row.url)
+        data, job.data = job.data, None
+        return FetchResult(data, "" if data is not None else "too_large", 1)
+
+    async def _validate(self, job: _Job, result: FetchResult) -> _Outcome:
+        assert result.body is not None
+        if job.folder not in self.made_folders:
+            (self.out / job.folder).mkdir(parents=True, exist_ok=True)
+            self.made_folders.add(job.folder)
+        key = url_key(job.row.url)
+        staged = stage_file(self.out, job.folder, key, result.body)
+        loop = asyncio.get_running_loop()
+        try:
+            verdict = await loop.run_in_executor(
+                self.pool, validate_file, str(staged), self.options.validation
+            )
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
+        if verdict.reason:
+            staged.unlink(missing_ok=True)
+            return _Outcome(_failed(job.row, verdict.reason, result.attempts))
+        row = ManifestRow(
+            url=job.row.url,
+            label=job.row.label,
+            split=job.row.split,
+            status=OK,
+            path=relative_path(job.folder, key, verdict.ext),
+            sha256=verdict.sha256,
+            width=verdict.width,
+            height=verdict.height,
+            bytes=verdict.size,
+            attempts=result.attempts,
+        )
+        return _Outcome(row, staged=staged)
+
+    # -- committer --------------------------------------------------------------------------
+
+    async def _commit_in_order(self) -> None:
+        while True:
+            if self.queue and self.queue[0][1].done():
+                job, task = self.queue.popleft()
+                self.window.release()
+                self._commit(job, task.result())
+                continue
+            if self.stopping or (not self.queue and not self.producing):
+                return
+            self.writer.flush()  # everything committed so far survives a kill from here on
+            self.changed.clear()
+            await self.changed.wait()
+
+    def _commit(self, job: _Job, outcome: _Outcome) -> None:
+        row, written = outcome.row, False
+        if row.status in (OK, DUPLICATE):
+            kept = self.seen.get(row.sha256)
+            if kept is None and row.status == OK:
+                if outcome.staged is not None:
+                    os.replace(outcome.staged, self.out / row.path)
+                    written = True
+                self.seen[row.sha256] = (row.url, row.label)
+                self.stored.add(row.path)
+            elif kept is not None:
+                if outcome.staged is not None:
+                    outcome.staged.unlink(missing_ok=True)
+                row = dataclasses.replace(
+                    row, status=DUPLICATE, reason="duplicate", path="", duplicate_of=kept[0]
+                )
+                if kept[1] != row.label:
+                    self.stats.add_conflict(row, kept[1])
+        if row.status != OK:
+            self._remove_orphans(job)
+        self.writer.write(row)
+        self.stats.add(row, reused=outcome.reused, written=written)
+        self.progress.update()
+
+    def _remove_orphans(self, job: _Job) -> None:
+        """A row that is not ok owns no file: remove one a killed or earlier run left behind."""
+        for path in candidate_paths(self.out, job.folder, url_key(job.row.url)):
+            relative = path.relative_to(self.out).as_posix()
+            if relative not in self.stored:
+                path.unlink(missing_ok=True)
+
+    async def _drop_unfinished(self) -> None:
+        """After Ctrl-C: cancel what is in flight, keep earlier runs' rows for it and the rest."""
+        tasks = [task for _job, task in self.queue]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for job, task in self.queue:
+            if task.done() and not task.cancelled() and task.exception() is None:
+                staged = task.result().staged
+                if staged is not None:
+                    staged.unlink(missing_ok=True)
+            if job.old is not None:
+                self.writer.write(job.old)
+        self.queue.clear()
+        if self.waiting_job is not None and self.waiting_job.old is not None:
+            self.writer.write(self.waiting_job.old)
+        if self.cursor is not None:
+            for old in self.cursor.rest():
+                self.writer.write(old)
+
+
+def _failed(row: UrlRow, reason: str, attempts: int) -> ManifestRow:
+    return ManifestRow(row.url, row.label, row.split, FAILED, reason, attempts=attempts)

@@ -1,0 +1,159 @@
+"""Decide whether a staged download is a usable image. Runs in worker processes (CPU work).
+
+Order of checks, cheapest first, so hostile input costs little:
+1. sniff the format from the bytes (never from the URL or Content-Type): `empty`, `not_image`,
+   `unsupported_format`;
+2. read width x height from the header and refuse more than `max_pixels` *before* decoding
+   (decompression bombs): `too_many_pixels`; refuse a shorter side below `min_side`: `too_small`;
+3. decode every pixel: `corrupt`. Pillow's `verify()` accepts a JPEG cut in half and `load()`
+   ignores libjpeg's "Corrupt JPEG data" warnings, so JPEGs are decoded by libjpeg-turbo through
+   simplejpeg with `strict=True`, which turns those warnings into errors.
+With `resize` the image is re-encoded in place as JPEG (upright RGB, longer side <= resize).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import simplejpeg
+from PIL import Image, UnidentifiedImageError
+
+from imgclf.imaging import ACCEPTED_FORMATS, EXTENSIONS, to_rgb
+
+EXIF_ORIENTATION = 0x0112
+# Orientations 5-8 rotate by 90 degrees: the upright image has width and height swapped.
+_TRANSPOSING = frozenset({5, 6, 7, 8})
+RESIZE_QUALITY = 90
+
+
+@dataclass(frozen=True)
+class ValidationOptions:
+    """Limits applied to every image."""
+
+    max_pixels: int = 50_000_000
+    min_side: int = 32
+    resize: int | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome for one file: `reason` is empty when the image is accepted."""
+
+    reason: str
+    ext: str = ""
+    width: int = 0
+    height: int = 0
+    sha256: str = ""
+    size: int = 0
+
+
+def init_worker() -> None:
+    """Worker process setup: Ctrl-C is the parent's business; our pixel limit replaces Pillow's."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    Image.MAX_IMAGE_PIXELS = None
+
+
+def validate_file(path: str, options: ValidationOptions) -> Verdict:
+    """Validate the staged file at `path` (rewriting it when resizing) and return the verdict."""
+    data = Path(path).read_bytes()
+    verdict, image = _inspect(data, options)
+    if image is None:
+        return verdict
+    with image:
+        if options.resize:
+            data = _resized_jpeg(image, options.resize)
+            # r+b, not w: if the run dropped this staged file meanwhile, do not recreate it.
+            with open(path, "r+b") as handle:
+                handle.write(data)
+                handle.truncate()
+            with Image.open(io.BytesIO(data)) as resized:
+                width, height = resized.size
+            return Verdict("", "jpg", width, height, hashlib.sha256(data).hexdigest(), len(data))
+    return verdict
+
+
+def validate_bytes(data: bytes, options: ValidationOptions) -> Verdict:
+    """Validate in-memory bytes without resizing (for callers that do not store the file)."""
+    verdict, image = _inspect(data, options)
+    if image is not None:
+        image.close()
+    return verdict
+
+
+def stored_file_intact(path: str, sha256: str, size: int) -> bool:
+    """True when the file at `path` has exactly `size` bytes hashing to `sha256`."""
+    try:
+        if os.stat(path).st_size != size:
+            return False
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest() == sha256
+    except OSError:
+        return False
+
+
+def _inspect(data: bytes, options: ValidationOptions) -> tuple[Verdict, Image.Image | None]:
+    """Run every check; on success also return the opened (decoded) Pillow image."""
+    if not data:
+        return Verdict("empty"), None
+    try:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        return Verdict("not_image"), None
+    except Image.DecompressionBombError:
+        return Verdict("too_many_pixels"), None
+    except Exception:  # a plugin choking on a broken header: bad data, not a bug
+        return Verdict("corrupt"), None
+    reason = _check_header(image, options)
+    if not reason:
+        reason = _decode(image, data)
+    if reason:
+        image.close()
+        return Verdict(reason), None
+    width, height = image.size
+    if _orientation(image) in _TRANSPOSING:
+        width, height = height, width
+    ext = EXTENSIONS[image.format]  # type: ignore[index]
+    return Verdict("", ext, width, height, hashlib.sha256(data).hexdigest(), len(data)), image
+
+
+def _check_header(image: Image.Image, options: ValidationOptions) -> str:
+    if image.format not in ACCEPTED_FORMATS:
+        return "unsupported_format"
+    width, height = image.size
+    if width * height > options.max_pixels:
+        return "too_many_pixels"
+    if min(width, height) < options.min_side:
+        return "too_small"
+    return ""
+
+
+def _decode(image: Image.Image, data: bytes) -> str:
+    """Decode every pixel; '' when that worked, 'corrupt' otherwise."""
+    try:
+        if image.format == "JPEG":
+            colorspace = {"L": "GRAY", "CMYK": "CMYK"}.get(image.mode, "RGB")
+            simplejpeg.decode_jpeg(data, colorspace=colorspace, strict=True)
+        else:
+            image.load()  # GIF: the first frame, which is what training uses
+    except Exception:  # decoders raise many types on bad data; all mean corrupt
+        return "corrupt"
+    return ""
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        return int(image.getexif().get(EXIF_ORIENTATION, 1))
+    except Exception:  # a broken EXIF block does not make the pixels unusable
+        return 1
+
+
+def _resized_jpeg(image: Image.Image, longer_side: int) -> bytes:
+    rgb = to_rgb(image)
+    rgb.thumbnail((longer_side, longer_side), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    rgb.save(buffer, "JPEG", quality=RESIZE_QUALITY)
+    return buffer.getvalue()
