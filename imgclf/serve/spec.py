@@ -1,0 +1,88 @@
+"""What an exported model needs besides its graph: class names and preprocessing.
+
+The spec travels *inside* every exported file (ONNX `metadata_props["imgclf"]`, TorchScript extra
+file `imgclf.json`), so an exported model can never be separated from its class list.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from imgclf.dataset.presets import EvalPreset
+from imgclf.train.weights import WeightsFile
+
+SPEC_KEY = "imgclf"
+SPEC_FORMAT = "imgclf-model"
+INPUT_NAME = "images"
+OUTPUT_NAME = "logits"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Class names and eval preprocessing of a model, plus the weights file it came from."""
+
+    arch: str
+    classes: tuple[str, ...]
+    img_size: int
+    resize_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    source_sha256: str = ""
+
+    @classmethod
+    def from_weights(cls, weights: WeightsFile, source_sha256: str = "") -> ModelSpec:
+        """The spec of a loaded weights file; `source_sha256` identifies the file on disk."""
+        return cls(
+            arch=weights.arch,
+            classes=tuple(weights.classes),
+            img_size=weights.img_size,
+            resize_size=weights.resize_size,
+            mean=tuple(weights.mean),
+            std=tuple(weights.std),
+            source_sha256=source_sha256,
+        )
+
+    def eval_preset(self) -> EvalPreset:
+        """The eval transform the model was validated with."""
+        return EvalPreset(
+            img_size=self.img_size, resize_size=self.resize_size, mean=self.mean, std=self.std
+        )
+
+    def to_json(self) -> str:
+        """JSON text with a format marker and a description of the model's input and output."""
+        payload = {"format": SPEC_FORMAT, "format_version": 1, **asdict(self)}
+        payload["input"] = (
+            f"{INPUT_NAME}: float32 [batch, 3, {self.img_size}, {self.img_size}], RGB scaled to "
+            "0..1 then normalised with mean/std, after resizing the shorter side to resize_size "
+            "and centre-cropping img_size"
+        )
+        payload["output"] = f"{OUTPUT_NAME}: float32 [batch, {len(self.classes)}], in class order"
+        return json.dumps(payload, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ModelSpec:
+        """Parse `to_json` output; raises ValueError when it is not an imgclf spec."""
+        payload = json.loads(text)
+        if not isinstance(payload, dict) or payload.get("format") != SPEC_FORMAT:
+            raise ValueError("not an imgclf model spec")
+        return cls(
+            arch=payload["arch"],
+            classes=tuple(payload["classes"]),
+            img_size=int(payload["img_size"]),
+            resize_size=int(payload["resize_size"]),
+            mean=tuple(payload["mean"]),
+            std=tuple(payload["std"]),
+            source_sha256=payload.get("source_sha256", ""),
+        )
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file: ties an exported model to the exact weights file it came from."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
