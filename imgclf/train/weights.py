@@ -94,7 +94,12 @@ def load_weights(path: str | Path) -> WeightsFile:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise InputError(f"{path} is not a readable imgclf weights file ({error}).") from error
+        # torch's own message runs over many lines and suggests weights_only=False, which
+        # would execute code from an untrusted file: name the error type only.
+        raise InputError(
+            f"{path} is not a readable imgclf weights file ({type(error).__name__}); "
+            "pass a weights/<arch>.pth written by training."
+        ) from error
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InputError(
             f"{path} is not an imgclf weights file (no '{FORMAT}' marker); "
