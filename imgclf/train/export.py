@@ -69,8 +69,8 @@ def export_weights(
         config=json.loads(json.dumps(config, default=str)),  # plain types only
         versions={
             "python": platform.python_version(),
-            "torch": torch.__version__,
-            "torchvision": torchvision.__version__,
+            "torch": str(torch.__version__),  # a TorchVersion, which weights_only refuses
+            "torchvision": str(torchvision.__version__),
             "catalyst": catalyst.__version__,
         },
     )

@@ -260,6 +260,16 @@ class ImageClassifierRunner(SupervisedConfigRunner):
             last = self.engine.load_checkpoint(str(self.run_dir / CHECKPOINTS / "last.pth"))
             self.engine.unpack_checkpoint(last, model=self.model)
 
+    def on_epoch_start(self, runner) -> None:
+        """Reseed the loaders' shuffling from the epoch number (see below)."""
+        super().on_epoch_start(runner)
+        # The loaders' generators would otherwise carry state from epoch to epoch, so a resumed
+        # run would shuffle and augment differently from an uninterrupted one.
+        for loader in self.loaders.values():
+            generator = getattr(loader, "generator", None)
+            if generator is not None:
+                generator.manual_seed(self.seed + self.global_epoch_step)
+
     def _restore(self, point: ResumePoint) -> None:
         """Load model, optimizer, scheduler and counters; the stage goes on where it stopped."""
         checkpoint = self.engine.load_checkpoint(str(point.path))

@@ -1,0 +1,187 @@
+"""Every config builds its components; every bad config stops with one sentence and exit 2."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from catalyst.callbacks import CheckpointCallback
+from catalyst.core._misc import callback_isinstance
+from torch import nn
+from train_helpers import CONFIGS, catalyst_run, merged_config, tiny_overrides, write_yaml
+
+from imgclf.errors import EXIT_BAD_INPUT
+from imgclf.train.callbacks import HistoryCallback, ThroughputCallback
+from imgclf.train.engines import AutoDistributedEngine
+from imgclf.train.models import build_model, head
+from imgclf.train.runner import ImageClassifierRunner
+from imgclf.train.schedules import WarmupCosineLR
+
+OVERRIDE_FILES = sorted(path for path in CONFIGS.glob("*.yaml") if path.name != "config.yaml")
+
+
+def make_runner(config: dict) -> ImageClassifierRunner:
+    return ImageClassifierRunner(config=config)
+
+
+def build_stage(runner: ImageClassifierRunner, stage: str) -> dict:
+    """What Catalyst builds at a stage start, in its order."""
+    runner.stage_key = stage
+    runner.stage_epoch_len = runner.get_stage_len(stage)
+    runner.loaders = runner.get_loaders(stage)
+    model = runner.get_model(stage)
+    optimizer = runner.get_optimizer(model=model, stage=stage)
+    return {
+        "model": model,
+        "criterion": runner.get_criterion(stage),
+        "optimizer": optimizer,
+        "scheduler": runner.get_scheduler(optimizer=optimizer, stage=stage),
+        "callbacks": runner.get_callbacks(stage),
+        "engine": runner.get_engine(),
+    }
+
+
+@pytest.mark.parametrize("override", [None, *OVERRIDE_FILES], ids=lambda p: p and p.name)
+def test_every_config_builds_its_components(override, tiny_image_folder, tmp_path):
+    files = [CONFIGS / "config.yaml"] + ([override] if override else [])
+    config = merged_config(*files, overrides=tiny_overrides(tmp_path, tiny_image_folder))
+    runner = make_runner(config)
+    assert runner.stages == ["train"]  # the head-only stage runs only with pretrained weights
+    built = build_stage(runner, "train")
+    assert isinstance(built["model"], nn.Module)
+    assert head(built["model"], runner.model_settings.arch).out_features == 3
+    assert isinstance(built["optimizer"], torch.optim.AdamW)
+    assert isinstance(built["criterion"], nn.CrossEntropyLoss)
+    assert built["scheduler"] is not None
+    callbacks = built["callbacks"].values()
+    for kind in (CheckpointCallback, ThroughputCallback, HistoryCallback):
+        assert any(callback_isinstance(callback, kind) for callback in callbacks), kind
+    batch, targets = next(iter(runner.loaders["train"]))
+    assert batch.shape[1:] == (3, 32, 32) and targets.dtype == torch.int64
+    if override and override.name == "ddp.yaml":
+        engine = built["engine"]
+        assert isinstance(engine, AutoDistributedEngine)
+        assert engine.process_group_kwargs["backend"] == (
+            "nccl" if torch.cuda.is_available() else "gloo"
+        )
+
+
+def test_resnet18_override_changes_only_the_architecture(tiny_image_folder, tmp_path):
+    overrides = tiny_overrides(tmp_path, tiny_image_folder)
+    base = merged_config(CONFIGS / "config.yaml", overrides=overrides)
+    resnet = merged_config(CONFIGS / "config.yaml", CONFIGS / "resnet18.yaml", overrides=overrides)
+    assert resnet["model"]["arch"] == "resnet18"
+    resnet["model"]["arch"] = base["model"]["arch"]
+    assert resnet == base
+
+
+def test_pretrained_local_file_adds_the_head_stage_with_a_frozen_backbone(
+    tiny_image_folder, tmp_path
+):
+    source = build_model("resnet18", 5)
+    torch.save(source.state_dict(), tmp_path / "resnet18.pth")
+    overrides = tiny_overrides(
+        tmp_path,
+        tiny_image_folder,
+        model={"arch": "resnet18", "pretrained": str(tmp_path / "resnet18.pth")},
+    )
+    runner = make_runner(merged_config(CONFIGS / "config.yaml", overrides=overrides))
+    assert runner.stages == ["head", "train"]
+    # The backbone came from the file (the head did not fit 3 classes and starts fresh).
+    assert torch.equal(runner.model.conv1.weight, source.conv1.weight)
+    head_model = build_stage(runner, "head")["model"]
+    trainable = {name for name, p in head_model.named_parameters() if p.requires_grad}
+    assert trainable == {"fc.weight", "fc.bias"}
+    train_model = build_stage(runner, "train")["model"]
+    assert all(p.requires_grad for p in train_model.parameters())
+
+
+def test_class_weights_follow_the_training_counts(tmp_path):
+    from conftest import make_image_folder
+
+    images = make_image_folder(tmp_path / "images", per_class=12)
+    for extra in sorted((images / "circle").iterdir())[:6]:  # circle: 6 images, others 12
+        extra.unlink()
+    criterion = {"_target_": "torch.nn.CrossEntropyLoss", "class_weights": True}
+    overrides = tiny_overrides(tmp_path, images, stages={"train": {"criterion": criterion}})
+    runner = make_runner(merged_config(CONFIGS / "config.yaml", overrides=overrides))
+    counts = runner.data.class_counts["train"]
+    weight = build_stage(runner, "train")["criterion"].weight
+    total = sum(counts.values())
+    expected = [total / (3 * counts[label]) for label in runner.data.classes]
+    assert weight.tolist() == pytest.approx(expected)
+    assert weight[0] > weight[1]  # the rarer class weighs more
+
+
+def test_warmup_cosine_schedule_by_hand():
+    parameter = nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=1.0)
+    schedule = WarmupCosineLR(
+        optimizer, epochs=3, steps_per_epoch=10, warmup_epochs=1, warmup_start=0.0, min_ratio=0.0
+    )
+    factors = [schedule.factor(step) for step in range(31)]
+    assert factors[0] == 0.0 and factors[5] == pytest.approx(0.5) and factors[10] == 1.0
+    # Cosine over the remaining 20 steps: halfway (step 20) is 0.5, the end is 0.
+    assert factors[20] == pytest.approx(0.5) and factors[30] == pytest.approx(0.0, abs=1e-12)
+    assert factors[15] == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    state = schedule.state_dict()
+    assert state["lr_lambdas"] == [None]  # nothing unpicklable in checkpoints
+
+
+BAD_CONFIGS = {
+    "unknown architecture": ({"model": {"arch": "vgg11"}}, "Unknown architecture 'vgg11'"),
+    "missing data folder": ({"data": {"root": "{tmp}/nowhere"}}, "does not exist"),
+    "empty data folder": ({"data": {"root": "{tmp}/empty"}}, "has no class folders"),
+    "class without images": ({"data": {"root": "{tmp}/hollow"}}, "has no images"),
+    "one class": ({"data": {"root": "{tmp}/single"}}, "at least two classes"),
+    "bad image size": ({"data": {"img_size": -3}}, "data.img_size is -3"),
+    "bad batch size": ({"data": {"batch_size": "big"}}, "data.batch_size is 'big'"),
+    "no train stage": ({}, "has no stage 'train'"),
+    "zero epochs": ({"stages": {"train": {"num_epochs": 0}}}, "stages.train.num_epochs is 0"),
+    "missing pretrained file": ({"model": {"pretrained": "{tmp}/none.pth"}}, "neither"),
+    "missing resume checkpoint": ({"args": {"resume": "{tmp}/last_full.pth"}}, "does not exist"),
+}
+
+
+def _bad_roots(tmp_path: Path, tiny_image_folder: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "hollow" / "a").mkdir(parents=True)
+    (tmp_path / "hollow" / "b").mkdir()
+    (tmp_path / "single").mkdir()
+    (tmp_path / "single" / "circle").symlink_to(tiny_image_folder / "circle")
+
+
+def _fill(value, tmp_path):
+    if isinstance(value, dict):
+        return {k: _fill(v, tmp_path) for k, v in value.items()}
+    return value.replace("{tmp}", str(tmp_path)) if isinstance(value, str) else value
+
+
+@pytest.mark.parametrize("case", list(BAD_CONFIGS))
+def test_bad_config_is_one_sentence_and_exit_2(case, tiny_image_folder, tmp_path, capsys):
+    _bad_roots(tmp_path, tiny_image_folder)
+    change, message = BAD_CONFIGS[case]
+    overrides = tiny_overrides(tmp_path, tiny_image_folder, **_fill(change, tmp_path))
+    config = merged_config(CONFIGS / "config.yaml", overrides=overrides)
+    if case == "no train stage":
+        config["stages"]["warmup"] = config["stages"].pop("train")
+    with pytest.raises(SystemExit) as exit_info:
+        make_runner(config)
+    assert exit_info.value.code == EXIT_BAD_INPUT
+    stderr = capsys.readouterr().err
+    error = stderr.strip().splitlines()[-1]  # progress bars may come first
+    assert error.startswith("error: ") and message in error
+    assert "Traceback" not in stderr
+
+
+def test_catalyst_dl_run_exits_2_without_traceback(tmp_path):
+    override = write_yaml(
+        tmp_path / "bad.yaml",
+        {"data": {"root": str(tmp_path / "missing")}, "args": {"logdir": str(tmp_path / "l")}},
+    )
+    result = catalyst_run(CONFIGS / "config.yaml", override)
+    assert result.returncode == EXIT_BAD_INPUT, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert f"Data folder {tmp_path / 'missing'} does not exist" in result.stderr

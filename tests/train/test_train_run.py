@@ -1,0 +1,155 @@
+"""Real `catalyst-dl run`s on tiny generated image folders: outputs, determinism, resume, DDP."""
+
+from __future__ import annotations
+
+import csv
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_image_folder
+from PIL import Image
+from sklearn.metrics import accuracy_score, f1_score
+from train_helpers import CONFIGS, catalyst_run, tiny_overrides, write_yaml
+
+from imgclf.errors import EXIT_INTERRUPTED
+from imgclf.imaging import open_rgb
+from imgclf.train.models import build_model
+from imgclf.train.weights import load_weights
+
+ARCH = "mobilenet_v3_small"
+CLASSES = ["circle", "square", "triangle"]
+
+
+def train(workdir: Path, images: Path, *extra_configs: Path, extra_args=(), **overrides):
+    """One real training run whose outputs all land in `workdir`; returns the process result."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = write_yaml(workdir / "tiny.yaml", tiny_overrides(workdir, images, **overrides))
+    return catalyst_run(CONFIGS / "config.yaml", *extra_configs, config, extra_args=extra_args)
+
+
+def history(workdir: Path) -> list[dict[str, str]]:
+    """The run's per-epoch rows without the timing column (which is never reproducible)."""
+    with (workdir / "logs" / "history.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return [{k: v for k, v in row.items() if not k.endswith("images_per_s")} for row in rows]
+
+
+def predict(weights, root: Path, paths: list[str]) -> list[int]:
+    model, preset = weights.build_model(), weights.eval_preset()
+    batch = torch.stack([preset(open_rgb(root / path)) for path in paths])
+    with torch.no_grad():
+        return model(batch).argmax(1).tolist()
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp("data") / "images", per_class=12, size=40)
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, images):
+    workdir = tmp_path_factory.mktemp("run")
+    result = train(workdir, images)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return workdir, result
+
+
+def test_run_leaves_weights_picture_logs_and_table(first_run, images):
+    workdir, result = first_run
+    logdir = workdir / "logs"
+    for name in ("split.json", "history.csv", "checkpoints/best.pth", "checkpoints/last_full.pth"):
+        assert (logdir / name).is_file(), name
+    assert (logdir / "logs" / "train.csv").is_file()  # Catalyst's CSV logger
+    assert list((logdir / "tensorboard").rglob("events.out.tfevents.*"))  # TensorBoard
+    assert "valid macro-F1" in result.stdout and "train images/s" in result.stdout
+
+    weights = load_weights(workdir / "weights" / f"{ARCH}.pth")
+    assert (weights.arch, weights.classes) == (ARCH, CLASSES)
+    assert (weights.img_size, weights.resize_size) == (32, 37)
+    parts = weights.split["parts"]
+    assert len(parts["train"]) + len(parts["valid"]) == 36 and parts["test"] == []
+    assert sum(weights.class_counts["train"].values()) == len(parts["train"])
+    assert weights.config["model"]["arch"] == ARCH and weights.versions["catalyst"] == "21.12"
+    # The exported tensors are the best checkpoint's.
+    best = torch.load(logdir / "checkpoints" / "best.pth", map_location="cpu")
+    for key, tensor in best["model_state_dict"].items():
+        assert torch.equal(weights.state_dict[key], tensor), key
+
+    # Catalyst's validation metrics agree with sklearn on the same model and images.
+    paths = [path for path, _ in parts["valid"]]
+    truth = [CLASSES.index(label) for _, label in parts["valid"]]
+    predicted = predict(weights, images, paths)
+    expected_f1 = f1_score(truth, predicted, average="macro", zero_division=0)
+    assert weights.metrics["f1_macro"] == pytest.approx(expected_f1, abs=1e-4)
+    assert weights.metrics["accuracy"] == pytest.approx(accuracy_score(truth, predicted))
+
+    with Image.open(workdir / "pictures" / "logs.png") as picture:
+        picture.load()
+        assert picture.format == "PNG" and picture.width > 500 and picture.height > 200
+
+
+def test_same_seed_gives_the_same_metrics_and_weights(first_run, images, tmp_path):
+    workdir, _ = first_run
+    result = train(tmp_path, images)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert history(tmp_path) == history(workdir)
+    again = load_weights(tmp_path / "weights" / f"{ARCH}.pth")
+    first = load_weights(workdir / "weights" / f"{ARCH}.pth")
+    assert all(torch.equal(again.state_dict[k], v) for k, v in first.state_dict.items())
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_the_remaining_epochs_only(images, tmp_path):
+    # Pretrained from a local file, so the run has two stages: head (1 epoch), train (2 epochs).
+    pretrained = tmp_path / "pretrained.pth"
+    torch.save(build_model(ARCH, 5).state_dict(), pretrained)
+    setup = {
+        "model": {"pretrained": str(pretrained)},
+        "stages": {"head": {"num_epochs": 1}, "train": {"num_epochs": 2}},
+    }
+    straight = train(tmp_path / "straight", images, **setup)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    interrupt = {"_target_": "train_helpers.InterruptAfterEpoch", "epoch": 2}
+    stopped_setup = {**setup, "stages": {**setup["stages"], "train": {"num_epochs": 2}}}
+    stopped_setup["stages"]["train"]["callbacks"] = {"interrupt": interrupt}
+    stopped = train(tmp_path / "resumed", images, **stopped_setup)
+    assert stopped.returncode == EXIT_INTERRUPTED, stopped.stderr[-3000:]
+    last = tmp_path / "resumed" / "logs" / "checkpoints" / "last_full.pth"
+    assert f"--resume {last}" in stopped.stderr
+    assert not (tmp_path / "resumed" / "weights").exists()  # nothing exported from a broken run
+    assert [row["epoch"] for row in history(tmp_path / "resumed")] == ["1", "2"]
+
+    # Resume with the uninterrupted config: only the train stage's last epoch runs.
+    resumed = train(tmp_path / "resumed", images, extra_args=("--resume", str(last)), **setup)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "stage 'train', epoch 1 of 2 done" in resumed.stdout
+    assert "1/1 * Epoch (train)" not in resumed.stderr  # the head stage did not run again
+    assert history(tmp_path / "resumed") == history(tmp_path / "straight")
+    straight_weights = load_weights(tmp_path / "straight" / "weights" / f"{ARCH}.pth")
+    resumed_weights = load_weights(tmp_path / "resumed" / "weights" / f"{ARCH}.pth")
+    for key, tensor in straight_weights.state_dict.items():
+        assert torch.equal(resumed_weights.state_dict[key], tensor), key
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_train_one_epoch(images, tmp_path):
+    result = train(
+        tmp_path,
+        images,
+        CONFIGS / "ddp.yaml",
+        engine={"port": _free_port(), "num_node_workers": 2, "backend": "gloo"},
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    weights = load_weights(tmp_path / "weights" / f"{ARCH}.pth")
+    assert weights.classes == CLASSES
+    predicted = predict(weights, images, [path for path, _ in weights.split["parts"]["valid"]])
+    assert len(predicted) == len(weights.split["parts"]["valid"])

@@ -1,0 +1,78 @@
+"""Shared by the training tests: tiny configs, the real `catalyst-dl run`, a test callback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from catalyst.core.callback import Callback, CallbackNode, CallbackOrder
+from catalyst.utils.config import load_config
+from catalyst.utils.misc import merge_dicts
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "configs"
+CATALYST_DL = Path(sys.executable).parent / "catalyst-dl"
+
+
+def tiny_overrides(tmp_path: Path, images: Path, epochs: int = 1, **extra: Any) -> dict:
+    """Config overrides for a quick CPU run on `images`, every output under `tmp_path`."""
+    overrides = {
+        "args": {"logdir": str(tmp_path / "logs")},
+        "data": {
+            "root": str(images),
+            "img_size": 32,
+            "batch_size": 8,
+            "num_workers": 0,
+            "cache_dir": str(tmp_path / "cache"),
+        },
+        "export": {
+            "weights": str(tmp_path / "weights" / "{arch}.pth"),
+            "picture": str(tmp_path / "pictures" / "logs.png"),
+        },
+        "stages": {"train": {"num_epochs": epochs}},
+    }
+    return merge_dicts(overrides, extra)
+
+
+def write_yaml(path: Path, data: dict) -> Path:
+    """Write `data` as YAML to `path`."""
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def merged_config(*files: Path, overrides: dict | None = None) -> dict:
+    """The config `catalyst-dl run --config files...` builds, plus `overrides` merged last."""
+    config: dict = {}
+    for file in files:
+        config = merge_dicts(config, load_config(str(file), ordered=True))
+    return merge_dicts(config, overrides or {})
+
+
+def catalyst_run(*configs: Path, extra_args: tuple[str, ...] = (), timeout: int = 300):
+    """Run the real `catalyst-dl run --config ...` from the repository root."""
+    return subprocess.run(
+        [str(CATALYST_DL), "run", "--config", *map(str, configs), *extra_args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        # Lets a config name train_helpers.InterruptAfterEpoch as a callback.
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},
+    )
+
+
+class InterruptAfterEpoch(Callback):
+    """Presses Ctrl-C (raises KeyboardInterrupt) at the end of global epoch `epoch`."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__(order=CallbackOrder.external + 1, node=CallbackNode.all)
+        self.epoch = epoch
+
+    def on_epoch_end(self, runner) -> None:
+        """Interrupt once the checkpoint of `epoch` is written."""
+        if runner.global_epoch_step == self.epoch:
+            raise KeyboardInterrupt
