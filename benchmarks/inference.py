@@ -1,0 +1,209 @@
+"""CPU inference speed: the full single-image path per engine against the bare engine call.
+
+Usage (heavy: run it alone, as the house rules ask):
+    flock /tmp/imgclf-cpu.lock .venv/bin/python benchmarks/inference.py
+    flock /tmp/imgclf-cpu.lock .venv/bin/python benchmarks/inference.py --arch mobilenet_v3_small
+
+For each architecture at 224 px (random weights: values do not change the speed), in one run:
+
+  bare <engine>   the engine call alone on a ready (1, 3, 224, 224) tensor: eager torch,
+                  TorchScript, ONNX Runtime. Bare ONNX Runtime is the ceiling;
+  full <engine>   what `--predict IMAGE` does per image: read the JPEG file, decode (EXIF, RGB),
+                  the eval preset (resize, crop, normalise), the engine call, softmax;
+  naive torch     what a user would write instead: torchvision's classic transforms
+                  (Resize, CenterCrop, ToTensor, Normalize) and `model(x)` under `torch.no_grad()`.
+
+Single-image latency is the median and 95th percentile of `--repeats` calls after a warm-up.
+Batch throughput is images per second of `--batch`-image engine calls on ready tensors, and of
+the whole `--predict FOLDER` path (DataLoader workers decoding while the model runs) over the
+bundled demo photos. The input photo is one of the bundled 100x100 demo JPEGs, and, to show the
+decoding cost of camera-sized input, the same photo saved at 640x480.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision import transforms
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from imgclf.dataset.presets import (  # noqa: E402
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    EvalPreset,
+    resize_size_for,
+)
+from imgclf.imaging import open_rgb  # noqa: E402
+from imgclf.serve.batches import predict_items  # noqa: E402
+from imgclf.serve.export import export_weights  # noqa: E402
+from imgclf.serve.inputs import Item, expand_inputs  # noqa: E402
+from imgclf.serve.predictor import load_predictor  # noqa: E402
+from imgclf.train.models import ARCHITECTURES, build_model  # noqa: E402
+from imgclf.train.weights import WeightsFile, save_weights  # noqa: E402
+
+DEMO = ROOT / "data" / "demo" / "sign_language_digits"
+IMG_SIZE = 224
+CLASSES = [str(digit) for digit in range(10)]
+GOAL = 1.3
+
+
+def timed(call: Callable[[], object], repeats: int, warmup: int = 10) -> np.ndarray:
+    """Milliseconds of `repeats` calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        call()
+    times = np.empty(repeats)
+    for index in range(repeats):
+        start = time.perf_counter()
+        call()
+        times[index] = time.perf_counter() - start
+    return times * 1e3
+
+
+def write_weights(arch: str, folder: Path) -> Path:
+    """A weights file of `arch` with random weights at 224 px, plus its two exports."""
+    torch.manual_seed(0)
+    preset = EvalPreset(img_size=IMG_SIZE)
+    path = folder / f"{arch}.pth"
+    weights = WeightsFile(
+        arch=arch,
+        classes=CLASSES,
+        state_dict=build_model(arch, len(CLASSES)).state_dict(),
+        img_size=IMG_SIZE,
+        resize_size=resize_size_for(IMG_SIZE),
+        mean=preset.mean,
+        std=preset.std,
+    )
+    save_weights(path, weights)
+    for fmt in ("onnx", "torchscript"):
+        export_weights(path, fmt)
+    return path
+
+
+def photos(folder: Path) -> dict[str, Path]:
+    """The demo photo as it is (100x100) and saved at 640x480, as JPEG files."""
+    source = sorted((DEMO / "3").glob("*.jpg"))[0]
+    large = folder / "photo_640x480.jpg"
+    open_rgb(source).resize((640, 480), Image.BICUBIC).save(large, quality=90)
+    return {"100x100": source, "640x480": large}
+
+
+def naive_torch(weights: Path) -> Callable[[Path], np.ndarray]:
+    """What a user would write: classic transforms and `model(x)` under no_grad."""
+    model = load_predictor(weights, "torch").engine.model.to(memory_format=torch.contiguous_format)
+    preprocess = transforms.Compose(
+        [
+            transforms.Resize(resize_size_for(IMG_SIZE)),
+            transforms.CenterCrop(IMG_SIZE),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+    def run(path: Path) -> np.ndarray:
+        with torch.no_grad():
+            image = Image.open(path).convert("RGB")
+            return torch.softmax(model(preprocess(image)[None]), dim=1).numpy()
+
+    return run
+
+
+def single_image_rows(weights: Path, images: dict[str, Path], repeats: int) -> list[tuple]:
+    """(path name, input, median ms, p95 ms) for the bare engines and the full paths."""
+    rows = []
+    ready = torch.randn(1, 3, IMG_SIZE, IMG_SIZE)
+    naive = naive_torch(weights)
+    predictors = {
+        backend: load_predictor(weights, backend)
+        for backend in ("onnxruntime", "torchscript", "torch")
+    }
+    for backend, predictor in predictors.items():
+        times = timed(lambda p=predictor: p.engine(ready), repeats)
+        rows.append((f"bare {backend}", "tensor", *np.percentile(times, [50, 95])))
+    for size, path in images.items():
+        for backend, predictor in predictors.items():
+
+            def full(p=predictor, path=path):
+                return p.probabilities(p.preprocess(open_rgb(path))[None])
+
+            times = timed(full, repeats)
+            rows.append((f"full {backend}", size, *np.percentile(times, [50, 95])))
+        times = timed(lambda path=path: naive(path), repeats)
+        rows.append(("naive torch", size, *np.percentile(times, [50, 95])))
+    return rows
+
+
+def batch_rows(weights: Path, batch: int, repeats: int) -> list[tuple[str, float]]:
+    """(path name, images per second) for batched engine calls and the whole folder path."""
+    rows = []
+    ready = torch.randn(batch, 3, IMG_SIZE, IMG_SIZE)
+    for backend in ("onnxruntime", "torchscript", "torch"):
+        predictor = load_predictor(weights, backend)
+        times = timed(lambda p=predictor: p.engine(ready), repeats, warmup=2)
+        rows.append((f"bare {backend}, batch {batch}", batch / np.median(times) * 1e3))
+    items: list[Item] = expand_inputs([str(DEMO)])
+    for backend in ("onnxruntime", "torch"):
+        predictor = load_predictor(weights, backend)
+        outcome = predict_items(predictor, items, batch_size=batch)
+        rows.append(
+            (
+                f"--predict folder, {backend} ({len(items)} photos, workers + batch {batch})",
+                len(items) / outcome.seconds,
+            )
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", nargs="+", default=list(ARCHITECTURES), choices=ARCHITECTURES)
+    parser.add_argument("--repeats", type=int, default=100, help="timed single-image calls")
+    parser.add_argument("--batch", type=int, default=32, help="images per batched call")
+    parser.add_argument("--batch-repeats", type=int, default=10, help="timed batched calls")
+    args = parser.parse_args()
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"onnxruntime {__import__('onnxruntime').__version__}, Python {platform.python_version()}"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        images = photos(folder)
+        for arch in args.arch:
+            weights = write_weights(arch, folder)
+            rows = single_image_rows(weights, images, args.repeats)
+            ceiling = rows[0][2]
+            print(f"\n{arch} at {IMG_SIZE} px, single image (ms, {args.repeats} calls)")
+            print("| path | input | median | p95 | x bare ORT |")
+            print("| --- | --- | ---: | ---: | ---: |")
+            for name, size, median, p95 in rows:
+                print(f"| {name} | {size} | {median:.2f} | {p95:.2f} | {median / ceiling:.2f} |")
+            full = {(name, size): median for name, size, median, _ in rows}
+            for size in images:
+                ratio = full[("full onnxruntime", size)] / ceiling
+                naive = full[("naive torch", size)] / full[("full onnxruntime", size)]
+                verdict = "meets" if ratio <= GOAL else "misses"
+                print(
+                    f"full path, ONNX Runtime, {size} photo: {ratio:.2f}x bare ORT "
+                    f"({verdict} the {GOAL}x goal); naive torch is {naive:.2f}x slower"
+                )
+            print(f"\n{arch} at {IMG_SIZE} px, throughput (images/s)")
+            print("| path | images/s |")
+            print("| --- | ---: |")
+            for name, rate in batch_rows(weights, args.batch, args.batch_repeats):
+                print(f"| {name} | {rate:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
