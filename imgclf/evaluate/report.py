@@ -139,9 +139,20 @@ def write_predictions_csv(
     return atomic_write_text(path, buffer.getvalue())
 
 
+def _json_safe(value: Any) -> Any:
+    """NaN (an undefined metric, e.g. ROC-AUC with one class) → null: JSON has no NaN."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    return value
+
+
 def write_metrics_json(path: str | Path, summary: dict[str, Any], run: dict[str, Any]) -> Path:
     """metrics.json: the run's context under "run", then every number of the summary."""
-    return atomic_write_json(path, {"run": run, **summary})
+    return atomic_write_json(path, _json_safe({"run": run, **summary}))
 
 
 def _save_figure(figure, path: str | Path) -> Path:

@@ -114,3 +114,17 @@ def test_confusion_matrix_scales_with_the_class_count(tmp_path, count):
     width = Image.open(picture).size[0]
     # About 0.4 inch (40 px at 100 dpi) per class, less the trimmed margins.
     assert width > 25 * count if count > 20 else 400 < width < 1200
+
+
+def test_undefined_metrics_are_null_in_strict_json(tmp_path):
+    # One class in the test set: no negatives for it, no positives for the others → no ROC-AUC.
+    probabilities = np.array([[0.7, 0.3], [0.4, 0.6], [0.9, 0.1]])
+    summary = summarize(["a", "b"], [0, 0, 0], probabilities, {"a": 1, "b": 1}, resamples=50)
+    path = report.write_metrics_json(tmp_path / "metrics.json", summary, {})
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    loaded = json.loads(path.read_text(), parse_constant=refuse)
+    assert loaded["metrics"]["roc_auc_macro"] == {"value": None, "ci_low": None, "ci_high": None}
+    assert "macro ROC-AUC" in report.format_text(summary, "one class")
