@@ -143,7 +143,6 @@ def test_ctrl_c_stops_the_server_and_exits_130(tmp_path):
         urllib.request.urlopen(first_url, timeout=5)
 
 
-@pytest.mark.slow
 @needs_stages
 def test_make_demo_runs_the_whole_pipeline(tmp_path):
     workdir = demo_workdir(tmp_path)
