@@ -188,4 +188,3 @@ def test_make_demo_runs_the_whole_pipeline(tmp_path):
     assert metrics  # the evaluation's own tests check its fields; here: it ran on our split
     for picture in ("logs.png", "confusion_matrix.png", "confusion_matrix_normalized.png"):
         assert (workdir / "pictures" / picture).stat().st_size > 0
-    assert not (ROOT / "data" / "demo" / "images" / "broken").exists()
