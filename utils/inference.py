@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     print(result.text)
     for error in result.errors:
         print(f"error: {error}", file=sys.stderr)
-    print("\nwrote " + ", ".join(str(path) for path in result.written))
+    print("\nwritten:\n" + "\n".join(f"  {path}" for path in result.written))
     return EXIT_ITEM_FAILED if result.errors else EXIT_OK
 
 

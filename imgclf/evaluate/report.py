@@ -189,7 +189,9 @@ def plot_confusion_matrix(
     # About 0.4 inch (29 pt) per cell: room for an 8 pt class name at any class count.
     side = max(5.0, 0.4 * count + 2.5)
     label_size = 11 if count <= ANNOTATE_CLASSES else 8
-    annotate = count <= ANNOTATE_CLASSES
+    # Numbers only where something happened: a grid of zeros hides the few mistakes.
+    labels = np.where(matrix > 0, np.char.mod("%.2f" if normalized else "%.0f", matrix), "")
+    annotate = labels if count <= ANNOTATE_CLASSES else False
     figure, axes = plt.subplots(figsize=(side + 1.5, side))
     sns.heatmap(
         matrix,
@@ -198,7 +200,7 @@ def plot_confusion_matrix(
         vmin=0,
         vmax=1 if normalized else None,
         annot=annotate,
-        fmt=".2f" if normalized else ".0f",
+        fmt="",
         annot_kws={"size": max(6.0, min(10.0, 120 / max(count, 1)))},
         xticklabels=list(classes),
         yticklabels=list(classes),
@@ -234,7 +236,7 @@ def plot_error_gallery(
     predicted = probabilities.argmax(axis=1)
     confidence = probabilities.max(axis=1)
     wrong = np.flatnonzero(predicted != y_true)
-    wrong = wrong[np.argsort(-confidence[wrong], kind="stable")][:limit]
+    wrong = wrong[np.argsort(-confidence[wrong], kind="stable")][:limit]  # most confident first
     if len(wrong) == 0:
         figure, axes = plt.subplots(figsize=(5, 1.5))
         axes.axis("off")
@@ -255,5 +257,8 @@ def plot_error_gallery(
             fontsize=9,
             color="firebrick",
         )
-    figure.suptitle(f"Most confident mistakes ({len(wrong)} shown)")
+    mistakes = int((predicted != y_true).sum())
+    figure.suptitle(
+        f"Most confident mistakes: {len(wrong)} shown of {mistakes} among {len(y_true)} images"
+    )
     return _save_figure(figure, path)

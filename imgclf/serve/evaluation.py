@@ -189,8 +189,9 @@ def evaluate(
         ),
     ]
     title = (
-        f"{weights} ({stored.arch}, backend {predictor.backend}) on {held_out.description}: "
-        f"{len(ok)} images, {len(classes)} classes, {run['images_per_second']:.0f} images/s"
+        f"{stored.arch} from {weights}, backend {predictor.backend}\n"
+        f"{held_out.description}: {len(ok)} images, {len(classes)} classes "
+        f"({run['images_per_second']:.0f} images/s)"
     )
     if errors:
         title += f"\n{len(errors)} image(s) could not be read and are left out (listed below)."

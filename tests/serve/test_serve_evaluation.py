@@ -46,7 +46,7 @@ def _held_out_copy(tiny_root, target):
 def test_report_on_the_stored_split(cli, fitted_weights, tmp_path, capsys):
     assert cli.main(_report_args(fitted_weights, tmp_path)) == 0
     out = capsys.readouterr().out
-    assert "on the test split of" in out
+    assert "the test split of" in out
     assert "12 images, 3 classes" in out
     metrics = json.loads((tmp_path / "reports" / "metrics.json").read_text())
     assert metrics["run"]["backend"] == "torch"
