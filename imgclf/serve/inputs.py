@@ -82,8 +82,11 @@ def fetch_url(
     except urllib.error.HTTPError as error:
         raise OSError(f"HTTP {error.code} {error.reason}") from error
     except urllib.error.URLError as error:
+        # urlopen wraps a timeout while waiting for the answer in URLError too.
+        if isinstance(error.reason, TimeoutError):
+            raise OSError(f"no answer within {timeout:g} s") from error
         raise OSError(f"unreachable ({error.reason})") from error
-    except TimeoutError as error:
+    except TimeoutError as error:  # the body stalled after the headers
         raise OSError(f"no answer within {timeout:g} s") from error
     if len(body) > max_bytes:
         raise OSError(f"body exceeds {max_bytes} bytes")
