@@ -9,8 +9,9 @@ photos: the values do not change the speed, denormal activations would), in one 
 
   bare <engine>   the engine call alone on a ready (1, 3, 224, 224) tensor: eager torch,
                   TorchScript, ONNX Runtime. Bare ONNX Runtime is the ceiling;
-  full <engine>   what `--predict IMAGE` does per image: read the JPEG file, decode (EXIF, RGB),
-                  the eval preset (resize, crop, normalise), the engine call, softmax;
+  full <engine>   `Predictor.classify(path)`, what `--predict` does per image: read the JPEG
+                  file, decode (EXIF, RGB), the eval preset (resize, crop, normalise), the engine
+                  call, softmax;
   naive torch     what a user would write instead: torchvision's classic transforms
                   (Resize, CenterCrop, ToTensor, Normalize) and `model(x)` under `torch.no_grad()`.
 
@@ -151,11 +152,7 @@ def single_image_rows(weights: Path, images: dict[str, Path], repeats: int) -> l
         rows.append((f"bare {backend}", "tensor", *np.percentile(times, [50, 95])))
     for size, path in images.items():
         for backend, predictor in predictors.items():
-
-            def full(p=predictor, path=path):
-                return p.probabilities(p.preprocess(open_rgb(path))[None])
-
-            times = timed(full, repeats)
+            times = timed(lambda p=predictor, path=path: p.classify(path), repeats)
             rows.append((f"full {backend}", size, *np.percentile(times, [50, 95])))
         times = timed(lambda path=path: naive(path), repeats)
         rows.append(("naive torch", size, *np.percentile(times, [50, 95])))

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from imgclf.serve.prediction import predict_paths
+from imgclf.serve.predictor import load_predictor
 from tests.support.loopback import LoopbackServer, respond
 
 
@@ -114,3 +115,11 @@ def test_empty_folder_is_a_failed_item(cli, fitted_weights, tiny_root, tmp_path,
     out = capsys.readouterr().out
     assert "empty  error: folder has no images" in out
     assert "1 of 2 images classified, 1 failed" in out
+
+
+def test_classify_one_image_matches_the_batched_path(fitted_weights, tiny_root):
+    image = tiny_root / "triangle" / "009.jpg"
+    probabilities = load_predictor(fitted_weights).classify(image)
+    batched = predict_paths(fitted_weights, [str(image)], workers=0).payload["results"][0]["top"]
+    assert probabilities.argmax() == 2  # circle, square, triangle
+    assert probabilities.max() == pytest.approx(batched[0]["probability"], abs=1e-6)
