@@ -27,9 +27,56 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs" / "readme").glob("*.md"))]
 
 DEMO_TEST = "tests/demo/test_demo_pipeline.py::"
 DOCKER_TEST = "tests/docker/test_docker_scripts.py::"
+TRAIN_TEST = "tests/train/test_train_run.py::"
+EVALUATION_TEST = "tests/serve/test_serve_evaluation.py::"
+PREDICT_TEST = "tests/serve/test_serve_predict.py::"
+EXPORT_TEST = "tests/serve/test_serve_export.py::"
 COVERAGE: dict[str, str] = {
     # README.md, CI
     "make test": "ci",
+    # docs/readme/training.md
+    "catalyst-dl run --config configs/config.yaml": (
+        TRAIN_TEST + "test_run_leaves_weights_picture_logs_and_table"
+    ),
+    "catalyst-dl run --config configs/config.yaml configs/resnet18.yaml": (
+        "tests/train/test_train_configs.py::test_every_config_builds_its_components"
+    ),
+    "catalyst-dl run --config configs/config.yaml configs/ddp.yaml": (
+        TRAIN_TEST + "test_ddp_two_cpu_processes_train_one_epoch"
+    ),
+    "catalyst-dl run --config configs/config.yaml --resume logs/train/checkpoints/last_full.pth": (
+        TRAIN_TEST + "test_interrupted_run_resumes_the_remaining_epochs_only"
+    ),
+    ".venv/bin/python -m pytest tests/train -q": "ci",
+    ".venv/bin/python -m pytest tests/train -q -m 'not slow'": "ci",
+    # docs/readme/evaluation.md
+    "python utils/inference.py --split valid": (
+        EVALUATION_TEST + "test_bad_input_is_one_line_and_exit_2"
+    ),
+    "python utils/inference.py --data path/to/labelled_images": (
+        EVALUATION_TEST + "test_report_on_a_data_folder_with_a_corrupt_image"
+    ),
+    "python utils/inference.py --out reports/ --pictures pictures/ --bootstrap 1000 --seed 0": (
+        EVALUATION_TEST + "test_report_on_the_stored_split"
+    ),
+    "python utils/inference.py --predict photo.jpg some/folder/ https://example.com/cat.jpg": (
+        PREDICT_TEST + "test_predict_files_folders_and_urls"
+    ),
+    "python utils/inference.py --predict some/folder/ --topk 3 --json": (
+        PREDICT_TEST + "test_predict_files_folders_and_urls"
+    ),
+    "python utils/inference.py --predict photo.jpg --weights weights/mobilenet_v3_small.onnx": (
+        EXPORT_TEST + "test_cli_export_and_predict_with_the_export"
+    ),
+    "python utils/inference.py --export onnx": (
+        EXPORT_TEST + "test_exports_match_eager_torch_on_real_photos"
+    ),
+    "python utils/inference.py --export torchscript": (
+        EXPORT_TEST + "test_cli_export_and_predict_with_the_export"
+    ),
+    "python utils/inference.py --backend onnxruntime": (
+        EVALUATION_TEST + "test_every_backend_gives_the_same_report"
+    ),
     # docs/readme/demo-docker.md
     "make demo": DEMO_TEST + "test_make_demo_runs_the_whole_pipeline",
     "make demo 'DEMO_ARGS=--per-class 20 --config my_quick.yaml'": (
@@ -137,28 +184,55 @@ def test_coverage_map_has_no_stale_entries():
     assert not stale, f"these commands left the docs; remove them from COVERAGE: {stale}"
 
 
+def subject(command: str) -> str:
+    """What a command runs: the script after `python`, the module after `-m`, the make target."""
+    words = [word for word in shlex.split(command) if not re.match(r"^\w+=", word)]
+    if Path(words[0]).name.startswith("python"):
+        return words[2] if words[1] == "-m" else words[1]
+    return words[1] if words[0] == "make" else words[0]
+
+
+def long_options(command: str) -> set[str]:
+    """The `--option` names a command uses (values and `--opt=value` forms reduced to names)."""
+    return {word.split("=")[0] for word in shlex.split(command) if word.startswith("--")}
+
+
+def sources_of(test_file: Path) -> str:
+    """The test file and the helpers beside it (conftest.py, *_helpers.py) that build commands."""
+    helpers = [p for p in sorted(test_file.parent.glob("*.py")) if not p.name.startswith("test_")]
+    return "\n".join(path.read_text() for path in [test_file, *helpers])
+
+
+def runs_the_test_suite(command: str) -> bool:
+    """`python -m pytest PATH...` over existing paths: CI runs every test (`make test`)."""
+    words = shlex.split(command)
+    if subject(command) != "pytest":
+        return False
+    paths = [word for word in words[3:] if not word.startswith("-") and "/" in word]
+    return all((ROOT / path).exists() for path in paths)
+
+
 @pytest.mark.parametrize("command", sorted(COVERAGE))
 def test_coverage_entry_points_at_what_really_runs_it(command):
     where = COVERAGE[command]
     if where == "demo":
         assert command in [step.command for step in pipeline_steps()]
     elif where == "ci":
-        assert command in (ROOT / ".ci" / "run").read_text().splitlines()
+        ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
+        assert command in ci_lines or runs_the_test_suite(command)
     else:
         path, _, name = where.partition("::")
         test_file = ROOT / path
         assert test_file.is_file(), f"{where}: no such test file"
-        source = test_file.read_text()
-        assert re.search(rf"^def {re.escape(name)}\(", source, re.MULTILINE), (
+        assert re.search(rf"^def {re.escape(name)}\(", test_file.read_text(), re.MULTILINE), (
             f"{where}: no such test"
         )
-        # The program the command is about: not the interpreter, `make` or a VAR=value.
-        program = next(
-            word
-            for word in shlex.split(command)
-            if not Path(word).name.startswith("python") and word != "make" and "=" not in word
-        )
-        assert Path(program).name in source, f"{where} never mentions {program}"
+        # A cheap guard against a stale or careless entry: the test (or its helpers) names the
+        # program and every option the command uses.
+        source = sources_of(test_file)
+        assert Path(subject(command)).name in source, f"{where} never mentions {subject(command)}"
+        unused = sorted(option for option in long_options(command) if f'"{option}"' not in source)
+        assert not unused, f"{where} never passes {unused}"
 
 
 def test_every_command_the_demo_runs_is_documented():

@@ -108,18 +108,12 @@ def test_run_volume_mounts_the_projects_data_folder_by_default(run_script):
 def test_run_volume_resolves_a_relative_folder_and_passes_the_command(run_script):
     data = run_script.cwd / "my data"
     data.mkdir()
-    result, args = run_script("run_volume.sh", "my data", "python", "utils/inference.py")
+    command = ["python", "utils/download_data.py", "--urls", "data/urls.csv"]
+    result, args = run_script("run_volume.sh", "my data", *command)
     assert result.returncode == 0, result.stderr
-    assert args == [
-        "run",
-        "--rm",
-        "--interactive",
-        "--volume",
-        f"{data}:{CONTAINER_DATA}",
-        "imgclf:latest",
-        "python",
-        "utils/inference.py",
-    ]
+    # The command's own options go through untouched.
+    volume = f"{data}:{CONTAINER_DATA}"
+    assert args == ["run", "--rm", "--interactive", "--volume", volume, "imgclf:latest", *command]
 
 
 def test_run_volume_refuses_a_missing_folder_without_calling_docker(run_script):
