@@ -8,13 +8,14 @@ the short names registered here are for users' own configs.
 
 from catalyst.registry import REGISTRY
 
-from imgclf.train.callbacks import HistoryCallback, ThroughputCallback
+from imgclf.train.callbacks import AtomicCheckpointCallback, HistoryCallback, ThroughputCallback
 from imgclf.train.engines import AutoDistributedEngine
 from imgclf.train.runner import ImageClassifierRunner
 from imgclf.train.schedules import WarmupCosineLR
 
 REGISTRY.add(
     ImageClassifierRunner,
+    AtomicCheckpointCallback,
     ThroughputCallback,
     HistoryCallback,
     WarmupCosineLR,
@@ -22,6 +23,7 @@ REGISTRY.add(
 )
 
 __all__ = [
+    "AtomicCheckpointCallback",
     "AutoDistributedEngine",
     "HistoryCallback",
     "ImageClassifierRunner",

@@ -1,4 +1,5 @@
-"""Callbacks Catalyst lacks: images/s per loader and a per-epoch history for the picture.
+"""Callbacks Catalyst lacks: images/s per loader, a per-epoch history for the picture, and
+checkpoints written atomically.
 
 The history (`<logdir>/history.csv`, one row per epoch across stages, rewritten atomically each
 epoch) is what `pictures/logs.png` and the final table are drawn from. Catalyst's own CSV logger
@@ -12,9 +13,11 @@ import io
 import time
 from pathlib import Path
 
+import torch
+from catalyst.callbacks import CheckpointCallback
 from catalyst.core.callback import Callback, CallbackNode, CallbackOrder
 
-from imgclf.fileio import atomic_write_text
+from imgclf.fileio import atomic_write_bytes, atomic_write_text
 
 HISTORY_FILE = "history.csv"
 # Our column name → the key Catalyst's metric callbacks write into `loader_metrics`.
@@ -97,3 +100,33 @@ class HistoryCallback(Callback):
                 row[f"{loader}_{name}"] = metrics.get(key, "")
         self.rows.append(row)
         write_history(self.logdir, self.rows)
+
+
+class AtomicCheckpointCallback(CheckpointCallback):
+    """Catalyst's CheckpointCallback (same arguments), with every file written atomically.
+
+    Catalyst 21.12 writes `<stage>.<epoch>.pth` with a plain `torch.save`, then copies it over
+    `last_full.pth` / `best.pth`: a run killed during that copy would leave a truncated
+    `last_full.pth`, the very file needed to resume. Here each file is written to a temporary
+    name and renamed, so the previous one stays intact until the new one is complete.
+    """
+
+    def _save_checkpoint(self, runner, checkpoint: dict, is_best: bool, is_last: bool) -> str:
+        suffix = f"{runner.stage_key}.{runner.stage_epoch_step}"
+        path = ""
+        if self.mode in ("all", "full"):
+            path = self._write(checkpoint, f"{suffix}_full", is_best, is_last, "_full")
+        if self.mode in ("all", "model"):
+            without = ("criterion", "optimizer", "scheduler")
+            model_only = {k: v for k, v in checkpoint.items() if all(w not in k for w in without)}
+            path = self._write(model_only, suffix, is_best, is_last, "")
+        return path  # Catalyst keeps this path to delete the checkpoints that fall out of top-N
+
+    def _write(self, checkpoint: dict, name: str, is_best: bool, is_last: bool, kind: str) -> str:
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        data = buffer.getvalue()
+        names = [name] + [f"best{kind}"] * is_best + [f"last{kind}"] * is_last
+        for target in names:
+            atomic_write_bytes(Path(self.logdir) / f"{target}.pth", data)
+        return f"{self.logdir}/{name}.pth"

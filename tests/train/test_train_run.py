@@ -61,6 +61,7 @@ def test_run_leaves_weights_picture_logs_and_table(first_run, images):
     logdir = workdir / "logs"
     for name in ("split.json", "history.csv", "checkpoints/best.pth", "checkpoints/last_full.pth"):
         assert (logdir / name).is_file(), name
+    assert not list(logdir.rglob("*.tmp"))  # every atomic write completed
     assert (logdir / "logs" / "train.csv").is_file()  # Catalyst's CSV logger
     assert list((logdir / "tensorboard").rglob("events.out.tfevents.*"))  # TensorBoard
     assert "valid macro-F1" in result.stdout and "train images/s" in result.stdout
