@@ -82,12 +82,12 @@ class ImageClassifierRunner(SupervisedConfigRunner):
                 self._config, self.model_settings.arch
             )
             self.run_dir = logdir_of(self._config)
+            self._resume_point = self._read_resume_point()
             self._data = self._prepare_data(progress=True)
             self._write_run_info()
             # Built here, in the parent process, so a bad arch or pretrained file stops the run
             # before any work, and every distributed worker starts from the same weights.
             self.model = self._build_model()
-            self._resume_point = self._read_resume_point()
         except InputError as error:
             exit_for_input_error(error)
         # Resume is handled here (see on_stage_start), not by Catalyst's CheckpointCallback.
