@@ -17,6 +17,8 @@ import inspect
 import sys
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +62,23 @@ def exit_for_input_error(error: InputError) -> None:
     raise SystemExit(EXIT_BAD_INPUT)
 
 
+@contextmanager
+def config_errors(where: str) -> Iterator[None]:
+    """Turn a failure to build the config node `where` into an InputError naming it."""
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception as error:
+        # hydra-slayer wraps the real reason (e.g. an unexpected keyword) in a RuntimeError.
+        cause = error.__cause__ or error
+        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else repr(cause)
+        raise InputError(
+            f"{where} in the config could not be built ({type(cause).__name__}: {reason}); "
+            "fix that node's _target_ or arguments."
+        ) from error
+
+
 @dataclass(frozen=True)
 class ResumePoint:
     """Where a resumed run picks up: the checkpoint file and the stage it was written in."""
@@ -88,6 +107,7 @@ class ImageClassifierRunner(SupervisedConfigRunner):
             # Built here, in the parent process, so a bad arch or pretrained file stops the run
             # before any work, and every distributed worker starts from the same weights.
             self.model = self._build_model()
+            self._check_components()
         except InputError as error:
             exit_for_input_error(error)
         # Resume is handled here (see on_stage_start), not by Catalyst's CheckpointCallback.
@@ -141,6 +161,26 @@ class ImageClassifierRunner(SupervisedConfigRunner):
         if settings.channels_last:
             model = model.to(memory_format=torch.channels_last)
         return model
+
+    def _check_components(self) -> None:
+        """Build every stage's components once, so that a mistake in a `_target_` node (a typo,
+        a wrong argument) stops the run here with one sentence, not at a stage start with a
+        traceback."""
+        for stage in self.stages:
+            self.stage_key, self.stage_epoch_len = stage, self.get_stage_len(stage)
+            self.loaders = self.get_loaders(stage)
+            model = self.get_model(stage)
+            with config_errors(f"stages.{stage}.criterion"):
+                self.get_criterion(stage)
+            with config_errors(f"stages.{stage}.optimizer"):
+                optimizer = self.get_optimizer(model=model, stage=stage)
+            with config_errors(f"stages.{stage}.scheduler"):
+                self.get_scheduler(optimizer=optimizer, stage=stage)
+            with config_errors(f"stages.{stage}.callbacks"):
+                self.get_callbacks(stage)
+        with config_errors("engine"):
+            self.get_engine()
+        self.stage_key, self.loaders = None, None
 
     def _read_resume_point(self) -> ResumePoint | None:
         if not self._resume:

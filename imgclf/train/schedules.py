@@ -22,7 +22,7 @@ class WarmupCosineLR(LambdaLR):
         *,
         epochs: int,
         steps_per_epoch: int,
-        warmup_epochs: float = 1.0,
+        warmup_epochs: float = 3.0,
         warmup_start: float = 0.01,
         min_ratio: float = 0.01,
         last_epoch: int = -1,

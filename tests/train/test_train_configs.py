@@ -115,6 +115,23 @@ def test_class_weights_follow_the_training_counts(tmp_path):
     assert weight[0] > weight[1]  # the rarer class weighs more
 
 
+def test_one_cycle_schedule_and_balanced_sampler_are_one_key_away(tiny_image_folder, tmp_path):
+    one_cycle = {"_target_": "torch.optim.lr_scheduler.OneCycleLR", "max_lr": 0.01}
+    overrides = tiny_overrides(
+        tmp_path,
+        tiny_image_folder,
+        epochs=3,
+        data={"balanced": True},
+        stages={"train": {"scheduler": one_cycle}},
+    )
+    runner = make_runner(merged_config(CONFIGS / "config.yaml", overrides=overrides))
+    built = build_stage(runner, "train")
+    assert isinstance(built["scheduler"], torch.optim.lr_scheduler.OneCycleLR)
+    # The runner filled in the stage length: 3 epochs of the train loader's batches.
+    assert built["scheduler"].total_steps == 3 * len(runner.loaders["train"])
+    assert isinstance(runner.loaders["train"].sampler, torch.utils.data.WeightedRandomSampler)
+
+
 def test_warmup_cosine_schedule_by_hand():
     parameter = nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([parameter], lr=1.0)
@@ -142,6 +159,14 @@ BAD_CONFIGS = {
     "zero epochs": ({"stages": {"train": {"num_epochs": 0}}}, "stages.train.num_epochs is 0"),
     "missing pretrained file": ({"model": {"pretrained": "{tmp}/none.pth"}}, "neither"),
     "missing resume checkpoint": ({"args": {"resume": "{tmp}/last_full.pth"}}, "does not exist"),
+    "scheduler argument typo": (
+        {"stages": {"train": {"scheduler": {"warmup_epoch": 1}}}},
+        "stages.train.scheduler in the config could not be built (TypeError: ",
+    ),
+    "unknown callback class": (
+        {"stages": {"train": {"callbacks": {"progress": {"_target_": "catalyst.Nope"}}}}},
+        "stages.train.callbacks in the config could not be built",
+    ),
 }
 
 
