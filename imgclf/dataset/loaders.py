@@ -5,6 +5,7 @@ The test part is never handed to training; evaluation reads it from the split.
 
 from __future__ import annotations
 
+import os
 from collections import Counter, OrderedDict
 
 import torch
@@ -41,6 +42,7 @@ def build_loaders(
     common = {
         "batch_size": batch_size,
         "num_workers": num_workers,
+        "worker_init_fn": lower_priority,
         # Workers live across epochs: restarting them costs more than a small epoch.
         "persistent_workers": num_workers > 0,
         "pin_memory": torch.cuda.is_available(),
@@ -57,3 +59,15 @@ def build_loaders(
         ),
         valid=DataLoader(valid, shuffle=False, **common),
     )
+
+
+def lower_priority(worker_id: int) -> None:
+    """Run a DataLoader worker at the lowest CPU priority.
+
+    Where cores are scarce, a worker that preempts one of the model's threads stalls all of
+    them at the next synchronisation point; at low priority the workers take the idle time
+    instead (measured on 2 cores: warm epochs 0.77 → 0.84 of the ceiling). With cores to
+    spare it changes nothing.
+    """
+    if hasattr(os, "nice"):
+        os.nice(19)

@@ -122,3 +122,20 @@ def test_unwritable_cache_folder_is_an_input_error(tiny_image_folder: Path, tmp_
             prepare_data(tiny_image_folder, img_size=32, cache_dir=locked / "c", progress=False)
     finally:
         locked.chmod(0o700)
+
+
+def worker_niceness(image: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(os.nice(0))
+
+
+def test_workers_run_at_low_priority(tiny_image_folder: Path):
+    data = prepare_data(tiny_image_folder, img_size=32, progress=False)
+    loaders = build_loaders(
+        data,
+        batch_size=4,
+        num_workers=1,
+        train_transform=None,
+        eval_transform=worker_niceness,
+    )
+    seen = torch.cat([values for values, _ in loaders["valid"]])
+    assert seen.tolist() == [min(19, os.nice(0) + 19)] * len(data.parts["valid"])
