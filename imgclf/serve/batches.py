@@ -73,8 +73,30 @@ class ItemImages(Dataset):
         return Loaded(index, tensor, None, (read_done - start) * 1e3, (done - read_done) * 1e3)
 
 
-def _keep_list(batch: list[Loaded]) -> list[Loaded]:
-    return batch  # tensors are stacked in the main process: failed items have none
+@dataclass
+class Batch:
+    """A loader batch: the readable items stacked into one tensor, the rest as errors."""
+
+    indices: list[int]  # items in `tensor`, in order
+    tensor: torch.Tensor | None
+    errors: dict[int, str]
+    read_ms: dict[int, float]
+    preprocess_ms: dict[int, float]
+    size: int
+
+
+def collate(loaded: list[Loaded]) -> Batch:
+    """Stack in the worker: one shared-memory tensor per batch crosses to the main process,
+    not one per image (a segment per image costs more than decoding a small JPEG)."""
+    good = [item for item in loaded if item.tensor is not None]
+    return Batch(
+        indices=[item.index for item in good],
+        tensor=torch.stack([item.tensor for item in good]) if good else None,
+        errors={item.index: item.error for item in loaded if item.error},
+        read_ms={item.index: item.read_ms for item in loaded},
+        preprocess_ms={item.index: item.preprocess_ms for item in loaded},
+        size=len(loaded),
+    )
 
 
 @dataclass
@@ -111,7 +133,7 @@ def predict_items(
         ItemImages(items, predictor.preset),
         batch_size=batch_size,
         num_workers=workers,
-        collate_fn=_keep_list,
+        collate_fn=collate,
     )
     size = len(items)
     probabilities = np.full((size, len(predictor.classes)), np.nan)
@@ -123,20 +145,16 @@ def predict_items(
     # disable=None: tqdm draws the bar only when stderr is a terminal.
     bar = tqdm(total=size, desc=progress, unit="img", disable=True if progress is None else None)
     for batch in loader:
-        good = [loaded for loaded in batch if loaded.tensor is not None]
-        for loaded in batch:
-            read_ms[loaded.index] = loaded.read_ms
-            preprocess_ms[loaded.index] = loaded.preprocess_ms
-            if loaded.error:
-                errors[loaded.index] = loaded.error
-        if good:
-            indices = [loaded.index for loaded in good]
+        errors.update(batch.errors)
+        for index, value in batch.read_ms.items():
+            read_ms[index] = value
+        for index, value in batch.preprocess_ms.items():
+            preprocess_ms[index] = value
+        if batch.tensor is not None:
             tic = time.perf_counter()
-            probabilities[indices] = predictor.probabilities(
-                torch.stack([loaded.tensor for loaded in good])
-            )
-            model_ms[indices] = (time.perf_counter() - tic) * 1e3 / len(good)
-        bar.update(len(batch))
+            probabilities[batch.indices] = predictor.probabilities(batch.tensor)
+            model_ms[batch.indices] = (time.perf_counter() - tic) * 1e3 / len(batch.indices)
+        bar.update(batch.size)
     bar.close()
     return Outcome(
         probabilities,
