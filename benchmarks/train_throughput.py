@@ -1,0 +1,196 @@
+"""Training throughput: the cached pipeline vs the model's ceiling and a plain ImageFolder loop.
+
+    flock /tmp/imgclf-cpu.lock .venv/bin/python benchmarks/train_throughput.py
+    flock /tmp/imgclf-cpu.lock .venv/bin/python benchmarks/train_throughput.py \
+        --archs mobilenet_v3_small --sizes 96 --batches 4 --rounds 1   # a quick look
+
+For each architecture and image size, images/s of training steps (forward, backward, AdamW
+step; channels-last) fed by:
+  ceiling  random tensors already in memory: no data loading at all (the model's limit);
+  cold     imgclf.dataset from an empty cache folder: reading the folder, decoding every image
+           into the cache, then one epoch (the first epoch of a fresh run);
+  warm     the next epoch: augmenting from the cache in --workers DataLoader workers;
+  warm0    the same with num_workers=0 (augmentation in the training process);
+  folder   torchvision ImageFolder decoding every JPEG every epoch, with the same augmentation,
+           model, batch size and workers: the loop most people write.
+Epochs are cut to --batches timed batches (cold is extrapolated to the whole train part) so a
+full run stays within minutes on 2 cores. Each round measures every feeder in turn and the
+medians over --rounds rounds are printed, so load from other processes hits all of them alike.
+The JPEG files may sit in the OS page cache: "cold" means cold imgclf cache, not cold disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision.datasets import ImageFolder
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from imgclf.dataset import PreparedData, build_loaders, prepare_data  # noqa: E402
+from imgclf.dataset.presets import EvalPreset, TrainPreset  # noqa: E402
+from imgclf.train.models import ARCHITECTURES, build_model  # noqa: E402
+
+DEMO = ROOT / "data" / "demo" / "sign_language_digits"
+COLUMNS = ("ceiling", "cold", "warm", "warm0", "folder")
+# printed ratio → (numerator, denominator) columns
+RATIOS = {
+    "warm/ceil": ("warm", "ceiling"),
+    "warm0/ceil": ("warm0", "ceiling"),
+    "warm/folder": ("warm", "folder"),
+    "cold/folder": ("cold", "folder"),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--data", type=Path, default=DEMO, help="folder of <label>/ JPEGs")
+    parser.add_argument("--archs", nargs="+", default=list(ARCHITECTURES), choices=ARCHITECTURES)
+    parser.add_argument("--sizes", nargs="+", type=int, default=[96, 224], help="img_size")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers")
+    parser.add_argument("--batches", type=int, default=4, help="timed batches per epoch")
+    parser.add_argument("--rounds", type=int, default=3, help="repeats; medians are reported")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    return parser.parse_args(argv)
+
+
+class Trainer:
+    """One model + optimiser; `run(batches)` trains on them and returns images/s."""
+
+    def __init__(self, arch: str, num_classes: int, channels_last: bool) -> None:
+        torch.manual_seed(0)
+        self.model = build_model(arch, num_classes).train()
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = self.model.to(memory_format=self.memory_format)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-3)
+        self.loss = nn.CrossEntropyLoss()
+
+    def step(self, images: torch.Tensor, targets: torch.Tensor) -> None:
+        images = images.contiguous(memory_format=self.memory_format)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.loss(self.model(images), targets).backward()
+        self.optimizer.step()
+
+    def run(self, batches: Iterable, limit: int) -> float:
+        """Train on up to `limit` batches; images/s including the time spent waiting for data."""
+        seen, start = 0, time.perf_counter()
+        for index, (images, targets) in enumerate(batches):
+            if index == limit:
+                break
+            self.step(images, targets)
+            seen += len(targets)
+        return seen / (time.perf_counter() - start)
+
+
+def ceiling(trainer: Trainer, args: argparse.Namespace, size: int, classes: int) -> float:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(args.batch_size, 3, size, size, generator=generator)
+    targets = torch.randint(0, classes, (args.batch_size,), generator=generator)
+    return trainer.run([(images, targets)] * args.batches, args.batches)
+
+
+def pipeline(trainer: Trainer, args: argparse.Namespace, size: int) -> tuple[float, ...]:
+    """(cold, warm, warm in-process) images/s of full training epochs through imgclf.dataset.
+
+    cold: from an empty cache folder, reading the folder and building the cache (all images,
+    every part) plus one epoch, extrapolated from the timed batches to the whole train part.
+    warm: the next epoch, the cache built and the --workers DataLoader workers started.
+    warm in-process: the same with num_workers=0, augmentation between the training steps.
+    """
+    with tempfile.TemporaryDirectory(prefix="imgclf-bench-cache-") as cache_dir:
+        start = time.perf_counter()
+        data = prepare_data(args.data, img_size=size, cache_dir=cache_dir, progress=False)
+        loaders = loaders_for(data, args, size, args.workers)
+        setup = time.perf_counter() - start
+        first_pass = trainer.run(loaders["train"], args.batches)
+        epoch = len(data.parts["train"])
+        cold = epoch / (setup + epoch / first_pass)
+        warm = trainer.run(loaders["train"], args.batches)
+        in_process = trainer.run(loaders_for(data, args, size, 0)["train"], args.batches)
+        return cold, warm, in_process
+
+
+def loaders_for(data: PreparedData, args: argparse.Namespace, size: int, workers: int):
+    return build_loaders(
+        data,
+        batch_size=args.batch_size,
+        num_workers=workers,
+        train_transform=TrainPreset(img_size=size),
+        eval_transform=EvalPreset(img_size=size),
+    )
+
+
+def imagefolder(trainer: Trainer, args: argparse.Namespace, size: int) -> float:
+    dataset = ImageFolder(str(args.data), transform=TrainPreset(img_size=size))
+    loader = DataLoader(
+        dataset,
+        batch_size=args.batch_size,
+        shuffle=True,
+        num_workers=args.workers,
+        persistent_workers=args.workers > 0,
+        drop_last=True,
+    )
+    trainer.run(loader, 1)  # start the workers outside the timing, like the warm epochs of (b)
+    return trainer.run(loader, args.batches)
+
+
+def measure(arch: str, size: int, classes: int, args: argparse.Namespace) -> dict[str, float]:
+    """Median images/s of each feeder over --rounds rounds, the feeders interleaved in every
+    round so that load from other processes hits them alike."""
+    trainer = Trainer(arch, classes, args.channels_last)
+    ceiling(trainer, args, size, classes)  # warm-up: allocator, kernels
+    rounds: dict[str, list[float]] = {name: [] for name in COLUMNS}
+    for _ in range(args.rounds):
+        rounds["ceiling"].append(ceiling(trainer, args, size, classes))
+        cold, warm, warm0 = pipeline(trainer, args, size)
+        rounds["cold"].append(cold)
+        rounds["warm"].append(warm)
+        rounds["warm0"].append(warm0)
+        rounds["folder"].append(imagefolder(trainer, args, size))
+    return {name: statistics.median(values) for name, values in rounds.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(torch.get_num_threads())
+    classes = len([p for p in args.data.iterdir() if p.is_dir() and not p.name.startswith(".")])
+    print(
+        f"{args.data}: {classes} classes; batch {args.batch_size}, {args.workers} workers, "
+        f"{args.batches} timed batches per epoch, median of {args.rounds} rounds, "
+        f"{torch.get_num_threads()} torch threads, "
+        f"channels_last={args.channels_last}"
+    )
+    header = (
+        f"{'arch':<20}{'px':>5}"
+        + "".join(f"{name:>9}" for name in COLUMNS)
+        + "".join(f"{name:>13}" for name in RATIOS)
+    )
+    print("images/s of training steps (medians)\n" + header)
+    for arch in args.archs:
+        for size in args.sizes:
+            rates = measure(arch, size, classes, args)
+            ratios = [rates[top] / rates[bottom] for top, bottom in RATIOS.values()]
+            print(
+                f"{arch:<20}{size:>5}"
+                + "".join(f"{rates[name]:>9.0f}" for name in COLUMNS)
+                + "".join(f"{ratio:>13.2f}" for ratio in ratios),
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
