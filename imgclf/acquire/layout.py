@@ -30,9 +30,8 @@ def relative_path(folder: str, key: str, ext: str) -> str:
     return f"{folder}/{key}.{ext}"
 
 
-def stage_file(out: Path, folder: str, key: str, data: bytes) -> Path:
-    """Write `data` to a fresh temporary file in the target folder and return its path."""
-    directory = out / folder
+def stage_file(directory: Path, key: str, data: bytes) -> Path:
+    """Write `data` to a fresh temporary file in `directory` and return its path."""
     fd, name = tempfile.mkstemp(dir=directory, prefix=f".{key}.", suffix=TMP_SUFFIX)
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)

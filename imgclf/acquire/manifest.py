@@ -13,7 +13,6 @@ with SIGKILL leaves both files; the next run merges them first (`recover_previou
 from __future__ import annotations
 
 import csv
-import dataclasses
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -61,7 +60,8 @@ class ManifestRow:
 
     def cells(self) -> list[str]:
         """The row as CSV cells in COLUMNS order."""
-        return ["" if value is None else str(value) for value in dataclasses.astuple(self)]
+        values = (getattr(self, name) for name in COLUMNS)
+        return ["" if value is None else str(value) for value in values]
 
     @classmethod
     def from_record(cls, record: dict[str, str]) -> ManifestRow:

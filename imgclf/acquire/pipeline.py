@@ -30,6 +30,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from imgclf.acquire.batching import BatchedValidator
 from imgclf.acquire.fetcher import Fetcher, FetchOptions, FetchResult
 from imgclf.acquire.importer import import_rows, iter_import, scan_import
 from imgclf.acquire.layout import (
@@ -38,7 +39,6 @@ from imgclf.acquire.layout import (
     candidate_paths,
     relative_path,
     remove_stale_temporaries,
-    stage_file,
     url_key,
 )
 from imgclf.acquire.manifest import (
@@ -55,7 +55,6 @@ from imgclf.acquire.validator import (
     ValidationOptions,
     init_worker,
     stored_file_intact,
-    validate_file,
 )
 
 
@@ -118,6 +117,8 @@ def run_download(options: DownloadOptions) -> RunStats:
             previous.unlink()  # every row it held was carried into the new manifest
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        if stats.interrupted:
+            remove_stale_temporaries(out)  # staged by workers for rows that were dropped
         stats.finished = stats.finished or stats.started + stats.duration
         stats.save(out / STATS_NAME)
     return stats
@@ -149,6 +150,7 @@ class _Run:
         self.folders = summary.folders
         self.cursor = ManifestCursor(read_manifest(previous)) if previous else None
         self.pool = pool
+        self.validator = BatchedValidator(pool)
         self.stats = stats
         self.seen: dict[str, tuple[str, str]] = {}  # sha256 -> (url, label) of the kept image
         self.stored: set[str] = set()  # paths committed as ok in this run
@@ -279,17 +281,11 @@ class _Run:
             (self.out / job.folder).mkdir(parents=True, exist_ok=True)
             self.made_folders.add(job.folder)
         key = url_key(job.row.url)
-        staged = stage_file(self.out, job.folder, key, result.body)
-        loop = asyncio.get_running_loop()
-        try:
-            verdict = await loop.run_in_executor(
-                self.pool, validate_file, str(staged), self.options.validation
-            )
-        except BaseException:
-            staged.unlink(missing_ok=True)
-            raise
+        directory = str(self.out / job.folder)
+        verdict = await self.validator.validate(
+            result.body, directory, key, self.options.validation
+        )
         if verdict.reason:
-            staged.unlink(missing_ok=True)
             return _Outcome(_failed(job.row, verdict.reason, result.attempts))
         row = ManifestRow(
             url=job.row.url,
@@ -303,7 +299,7 @@ class _Run:
             bytes=verdict.size,
             attempts=result.attempts,
         )
-        return _Outcome(row, staged=staged)
+        return _Outcome(row, staged=Path(verdict.staged))
 
     # -- committer --------------------------------------------------------------------------
 

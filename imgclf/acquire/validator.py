@@ -8,11 +8,14 @@ Order of checks, cheapest first, so hostile input costs little:
 3. decode every pixel: `corrupt`. Pillow's `verify()` accepts a JPEG cut in half and `load()`
    ignores libjpeg's "Corrupt JPEG data" warnings, so JPEGs are decoded by libjpeg-turbo through
    simplejpeg with `strict=True`, which turns those warnings into errors.
-With `resize` the image is re-encoded in place as JPEG (upright RGB, longer side <= resize).
+Accepted bytes are staged as a temporary file next to their final name (the worker writes it, so
+the event loop never blocks on disk); with `resize` the staged file is a JPEG of the upright RGB
+image with the longer side at most `resize`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
@@ -23,6 +26,7 @@ from pathlib import Path
 import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
+from imgclf.acquire.layout import stage_file
 from imgclf.imaging import ACCEPTED_FORMATS, EXTENSIONS, to_rgb
 
 EXIF_ORIENTATION = 0x0112
@@ -50,6 +54,7 @@ class Verdict:
     height: int = 0
     sha256: str = ""
     size: int = 0
+    staged: str = ""  # the temporary file holding the accepted bytes
 
 
 def init_worker() -> None:
@@ -58,27 +63,35 @@ def init_worker() -> None:
     Image.MAX_IMAGE_PIXELS = None
 
 
-def validate_file(path: str, options: ValidationOptions) -> Verdict:
-    """Validate the staged file at `path` (rewriting it when resizing) and return the verdict."""
-    data = Path(path).read_bytes()
+def validate_and_stage(
+    data: bytes, directory: str, key: str, options: ValidationOptions
+) -> Verdict:
+    """Validate `data`; if accepted, stage it (or its resized JPEG) as a temporary file.
+
+    The staged path is `Verdict.staged`, in `directory` so the final rename is atomic. Rejected
+    bytes never touch the disk.
+    """
     verdict, image = _inspect(data, options)
     if image is None:
         return verdict
     with image:
         if options.resize:
             data = _resized_jpeg(image, options.resize)
-            # r+b, not w: if the run dropped this staged file meanwhile, do not recreate it.
-            with open(path, "r+b") as handle:
-                handle.write(data)
-                handle.truncate()
             with Image.open(io.BytesIO(data)) as resized:
                 width, height = resized.size
-            return Verdict("", "jpg", width, height, hashlib.sha256(data).hexdigest(), len(data))
-    return verdict
+            digest = hashlib.sha256(data).hexdigest()
+            verdict = Verdict("", "jpg", width, height, digest, len(data))
+    staged = stage_file(Path(directory), key, data)
+    return dataclasses.replace(verdict, staged=str(staged))
 
 
-def validate_bytes(data: bytes, options: ValidationOptions) -> Verdict:
-    """Validate in-memory bytes without resizing (for callers that do not store the file)."""
+def validate_batch(items: list[tuple[bytes, str, str, ValidationOptions]]) -> list[Verdict]:
+    """`validate_and_stage` for several images: one inter-process round trip for all of them."""
+    return [validate_and_stage(*item) for item in items]
+
+
+def check_image(data: bytes, options: ValidationOptions) -> Verdict:
+    """Validate in-memory bytes without storing anything."""
     verdict, image = _inspect(data, options)
     if image is not None:
         image.close()
