@@ -6,7 +6,9 @@ compared after shell tokenising so spacing and quoting style do not matter.
 
 COVERAGE is the reviewed map from each command to what runs it:
 - "demo": one of the commands `make demo` runs (checked against the demo's own list);
-- "ci": a command .ci/run runs;
+- "ci": a command .ci/run runs, or a `python -m pytest PATH` over existing paths (CI runs them);
+- "record": the command that produced a number the docs report (minutes of CPU, not rerun); the
+  programs and project files it names must exist;
 - "tests/<file>.py::<test>": a test that runs it (the test must exist and mention the program).
 A new README command without an entry fails `test_every_readme_command_is_covered`; an entry
 whose command left the docs fails `test_coverage_map_has_no_stale_entries`.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,13 +45,18 @@ COVERAGE: dict[str, str] = {
         "tests/train/test_train_configs.py::test_every_config_builds_its_components"
     ),
     "catalyst-dl run --config configs/config.yaml configs/ddp.yaml": (
-        TRAIN_TEST + "test_ddp_two_cpu_processes_train_one_epoch"
+        TRAIN_TEST + "test_ddp_two_cpu_processes_train_head_and_train_stages"
     ),
     "catalyst-dl run --config configs/config.yaml --resume logs/train/checkpoints/last_full.pth": (
         TRAIN_TEST + "test_interrupted_run_resumes_the_remaining_epochs_only"
     ),
     ".venv/bin/python -m pytest tests/train -q": "ci",
     ".venv/bin/python -m pytest tests/train -q -m 'not slow'": "ci",
+    # how the measured demo result in training.md was produced (root.yaml: the reader's paths)
+    "flock /tmp/imgclf-cpu.lock .venv/bin/catalyst-dl run --config configs/config.yaml "
+    "configs/demo.yaml root.yaml": "record",
+    "flock /tmp/imgclf-cpu.lock .venv/bin/catalyst-dl run --config configs/config.yaml "
+    "configs/demo.yaml root.yaml --seed 7": "record",
     # docs/readme/evaluation.md
     "python utils/inference.py --split valid": (
         EVALUATION_TEST + "test_bad_input_is_one_line_and_exit_2"
@@ -175,7 +183,7 @@ def test_every_readme_command_is_covered():
     }
     assert not missing, (
         "add these README commands to COVERAGE in tests/test_readme.py with the test that runs "
-        f"them (or 'demo' / 'ci'): {missing}"
+        f"them (or 'demo' / 'ci' / 'record'): {missing}"
     )
 
 
@@ -184,12 +192,20 @@ def test_coverage_map_has_no_stale_entries():
     assert not stale, f"these commands left the docs; remove them from COVERAGE: {stale}"
 
 
+def words_of(command: str) -> list[str]:
+    """The command's words without wrappers (`flock LOCK`, `time`) and leading VAR=value."""
+    words = shlex.split(command)
+    while words and (words[0] in ("flock", "time") or re.match(r"^\w+=", words[0])):
+        words = words[2:] if words[0] == "flock" else words[1:]
+    return words
+
+
 def subject(command: str) -> str:
     """What a command runs: the script after `python`, the module after `-m`, the make target."""
-    words = [word for word in shlex.split(command) if not re.match(r"^\w+=", word)]
+    words = [word for word in words_of(command) if not re.match(r"^\w+=", word)]
     if Path(words[0]).name.startswith("python"):
         return words[2] if words[1] == "-m" else words[1]
-    return words[1] if words[0] == "make" else words[0]
+    return words[1] if words[0] == "make" else Path(words[0]).name
 
 
 def long_options(command: str) -> set[str]:
@@ -217,6 +233,14 @@ def test_coverage_entry_points_at_what_really_runs_it(command):
     where = COVERAGE[command]
     if where == "demo":
         assert command in [step.command for step in pipeline_steps()]
+    elif where == "record":
+        # The provenance of a measured number: minutes of CPU, so no test reruns it; what it
+        # names must still exist, so a rename in the project breaks this test, not the docs.
+        program = subject(command)
+        assert (Path(sys.executable).parent / program).exists() or (ROOT / program).exists()
+        for word in words_of(command):
+            if word.startswith(("configs/", "utils/", "benchmarks/", "tools/")):
+                assert (ROOT / word).exists(), f"{command}: {word} does not exist"
     elif where == "ci":
         ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
         assert command in ci_lines or runs_the_test_suite(command)
