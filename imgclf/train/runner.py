@@ -62,6 +62,11 @@ def exit_for_input_error(error: InputError) -> None:
     raise SystemExit(EXIT_BAD_INPUT)
 
 
+# The runner's step counters that a checkpoint stores.
+GLOBAL_COUNTERS = ("global_epoch_step", "global_batch_step", "global_sample_step")
+STAGE_COUNTERS = ("stage_epoch_step", "stage_batch_step", "stage_sample_step")
+
+
 @contextmanager
 def config_errors(where: str) -> Iterator[None]:
     """Turn a failure to build the config node `where` into an InputError naming it."""
@@ -295,10 +300,11 @@ class ImageClassifierRunner(SupervisedConfigRunner):
         if self._resume_point is not None and self.stage_key == self._resume_point.stage:
             self._restore(self._resume_point)
         elif self.engine.is_ddp and self.stages.index(self.stage_key) > 0:
-            # Each stage runs in freshly spawned workers, whose model is the parent's initial
-            # one: carry the previous stage's training over through its last checkpoint.
+            # Each stage runs in freshly spawned workers, whose model and counters are the
+            # parent's initial ones: carry the previous stage over through its last checkpoint.
             last = self.engine.load_checkpoint(str(self.run_dir / CHECKPOINTS / "last.pth"))
             self.engine.unpack_checkpoint(last, model=self.model)
+            self._set_counters(last, GLOBAL_COUNTERS)
 
     def on_epoch_start(self, runner) -> None:
         """Reseed the loaders' shuffling from the epoch number (see below)."""
@@ -320,16 +326,17 @@ class ImageClassifierRunner(SupervisedConfigRunner):
             optimizer=self.optimizer,
             scheduler=self.scheduler,
         )
-        for counter in ("global_epoch_step", "global_batch_step", "global_sample_step"):
-            setattr(self, counter, checkpoint[counter])
-        for counter in ("stage_epoch_step", "stage_batch_step", "stage_sample_step"):
-            setattr(self, counter, checkpoint[counter])
+        self._set_counters(checkpoint, GLOBAL_COUNTERS + STAGE_COUNTERS)
         if self.engine.is_master_process:
             print(
                 f"=> resumed from {point.path}: stage {point.stage!r}, "
                 f"epoch {point.stage_epoch} of {self.stage_epoch_len} done"
             )
         self._restore_best_score(point.stage)
+
+    def _set_counters(self, checkpoint: dict[str, Any], counters: tuple[str, ...]) -> None:
+        for counter in counters:
+            setattr(self, counter, checkpoint[counter])
 
     def _restore_best_score(self, stage: str) -> None:
         """Tell the checkpoint callback the stage's best score so far, so that a worse epoch

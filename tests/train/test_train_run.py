@@ -142,14 +142,20 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_ddp_two_cpu_processes_train_one_epoch(images, tmp_path):
+def test_ddp_two_cpu_processes_train_head_and_train_stages(images, tmp_path):
+    # Two stages: each runs in freshly spawned workers, the second starting from the first's.
+    pretrained = tmp_path / "pretrained.pth"
+    torch.save(build_model(ARCH, 5).state_dict(), pretrained)
     result = train(
         tmp_path,
         images,
         CONFIGS / "ddp.yaml",
         engine={"port": _free_port(), "num_node_workers": 2, "backend": "gloo"},
+        model={"pretrained": str(pretrained)},
+        stages={"head": {"num_epochs": 1}, "train": {"num_epochs": 1}},
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert [row["stage"] for row in history(tmp_path)] == ["head", "train"]
     weights = load_weights(tmp_path / "weights" / f"{ARCH}.pth")
     assert weights.classes == CLASSES
     predicted = predict(weights, images, [path for path, _ in weights.split["parts"]["valid"]])
