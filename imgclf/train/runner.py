@@ -108,6 +108,12 @@ class ImageClassifierRunner(SupervisedConfigRunner):
             self.run_dir = logdir_of(self._config)
             self._resume_point = self._read_resume_point()
             self._data = self._prepare_data(progress=True)
+            if not self._data.parts["valid"]:
+                raise InputError(
+                    f"{self.data_settings.root} has too few images for a validation part "
+                    f"(data.val_fraction {self.data_settings.val_fraction}); add images, at "
+                    "least two per class."
+                )
             self._write_run_info()
             # Built here, in the parent process, so a bad arch or pretrained file stops the run
             # before any work, and every distributed worker starts from the same weights.

@@ -153,6 +153,7 @@ BAD_CONFIGS = {
     "empty data folder": ({"data": {"root": "{tmp}/empty"}}, "has no class folders"),
     "class without images": ({"data": {"root": "{tmp}/hollow"}}, "has no images"),
     "one class": ({"data": {"root": "{tmp}/single"}}, "at least two classes"),
+    "no validation images": ({"data": {"root": "{tmp}/lonely"}}, "too few images for a valid"),
     "bad image size": ({"data": {"img_size": -3}}, "data.img_size is -3"),
     "bad batch size": ({"data": {"batch_size": "big"}}, "data.batch_size is 'big'"),
     "no train stage": ({}, "has no stage 'train'"),
@@ -174,6 +175,11 @@ def _bad_roots(tmp_path: Path, tiny_image_folder: Path) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "hollow" / "a").mkdir(parents=True)
     (tmp_path / "hollow" / "b").mkdir()
+    for label in ("circle", "square"):  # one image per class: nothing left to validate on
+        (tmp_path / "lonely" / label).mkdir(parents=True)
+        (tmp_path / "lonely" / label / "1.jpg").write_bytes(
+            next((tiny_image_folder / label).iterdir()).read_bytes()
+        )
     (tmp_path / "single").mkdir()
     (tmp_path / "single" / "circle").symlink_to(tiny_image_folder / "circle")
 
