@@ -152,6 +152,10 @@ class Fetcher:
                 raise _Failure("timeout") from None
             except aiohttp.ClientPayloadError:
                 raise _Failure("incomplete") from None
+            except aiohttp.ClientResponseError:
+                # aiohttp's parser refused the response: bad status line or headers, or more
+                # bytes than Content-Length announced. A broken server stays broken: no retry.
+                raise _Failure("bad_response") from None
             except (aiohttp.InvalidURL, ValueError):
                 raise _Failure("invalid_url") from None
             except (aiohttp.ClientError, OSError):

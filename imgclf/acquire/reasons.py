@@ -21,6 +21,7 @@ REASONS: dict[str, str] = {
     "timeout": "connect or total timeout (--connect-timeout, --timeout)",
     "connection": "the connection failed or was reset, or the host name did not resolve",
     "incomplete": "the body ended before the length the server announced",
+    "bad_response": "not valid HTTP: bad status line or headers, more bytes than Content-Length",
     "too_large": "the body is larger than --max-bytes (announced or while streaming)",
     "opted_out": "X-Robots-Tag says noai / noimageai (switch off with --ignore-opt-out)",
     "empty": "the body (or imported file) is empty",
