@@ -139,8 +139,10 @@ def predict_items(
     probabilities = np.full((size, len(predictor.classes)), np.nan)
     read_ms, preprocess_ms, model_ms = np.zeros(size), np.zeros(size), np.zeros(size)
     errors: dict[int, str] = {}
-    # Warm up at the batch size the run starts with: each new shape costs a setup call.
-    predictor.warm_up(min(batch_size, max(size, 1)))
+    # Each new input shape costs the engines a slow setup call: warm up the shapes a run
+    # mostly sees, a full batch and a single image (what is left when others failed).
+    for shape in sorted({1, min(batch_size, max(size, 1))}):
+        predictor.warm_up(shape)
     start = time.perf_counter()
     # disable=None: tqdm draws the bar only when stderr is a terminal.
     bar = tqdm(total=size, desc=progress, unit="img", disable=True if progress is None else None)
