@@ -20,6 +20,8 @@ import hashlib
 import io
 import os
 import signal
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +35,7 @@ EXIF_ORIENTATION = 0x0112
 # Orientations 5-8 rotate by 90 degrees: the upright image has width and height swapped.
 _TRANSPOSING = frozenset({5, 6, 7, 8})
 RESIZE_QUALITY = 90
+ORPHAN_POLL_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -58,9 +61,21 @@ class Verdict:
 
 
 def init_worker() -> None:
-    """Worker process setup: Ctrl-C is the parent's business; our pixel limit replaces Pillow's."""
+    """Worker process setup: Ctrl-C is the parent's business; our pixel limit replaces Pillow's.
+
+    A worker must also die with its parent: after `kill -9` of the run nobody would ever stop
+    it (it waits on a pipe whose writing end it inherited itself).
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     Image.MAX_IMAGE_PIXELS = None
+    parent = os.getppid()
+    threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(ORPHAN_POLL_SECONDS)
+    os._exit(1)
 
 
 def validate_and_stage(
