@@ -20,6 +20,7 @@ from pathlib import Path
 
 from imgclf.demo.server import Planted, serve_folder
 from imgclf.demo.urls import (
+    UrlRow,
     broken_rows,
     broken_samples,
     list_images,
@@ -211,6 +212,28 @@ def format_seconds(seconds: float) -> str:
     return f"{minutes} min {rest:02d} s"
 
 
+def plan_url_list(options: DemoOptions) -> tuple[list[UrlRow], dict[str, Planted], str]:
+    """The URL list's rows, the bodies the server plants for the broken ones, and a summary."""
+    images = list_images(options.data)
+    rows = stratified_rows(
+        images,
+        options.data,
+        test_fraction=options.test_fraction,
+        seed=options.seed,
+        per_class=options.per_class,
+    )
+    n_images, n_test = len(rows), sum(row.split == "test" for row in rows)
+    first_label, first_files = next(iter(images.items()))
+    broken = broken_samples(first_files[0])
+    rows += broken_rows(broken, label=first_label)
+    planted = {b.path: Planted(b.body, b.content_type) for b in broken if b.body is not None}
+    description = (
+        f"{n_images} images in {len(images)} classes ({n_test} marked split=test) and "
+        f"{len(broken)} deliberately broken URLs: a 404, a web page, a truncated JPEG"
+    )
+    return rows, planted, description
+
+
 def run_demo(options: DemoOptions) -> int:
     """Serve the bundled data, run download → train → evaluate; returns the exit code."""
     start = time.perf_counter()
@@ -220,28 +243,13 @@ def run_demo(options: DemoOptions) -> int:
     total = len(steps) + 1
     timings: dict[str, float] = {}
 
-    images = list_images(options.data)
-    rows = stratified_rows(
-        images,
-        options.data,
-        test_fraction=options.test_fraction,
-        seed=options.seed,
-        per_class=options.per_class,
-    )
-    broken = broken_samples(next(iter(images.values()))[0])
-    rows += broken_rows(broken, label=next(iter(images)))
-    n_test = sum(row.split == "test" for row in rows)
-    planted = {s.path: Planted(s.body, s.content_type) for s in broken if s.body is not None}
+    rows, planted, description = plan_url_list(options)
 
     try:
         say(f"==> [1/{total}] Serving {options.data} on a throwaway HTTP server")
         with serve_folder(options.data, planted) as base_url:
             write_url_list(options.workdir / URL_LIST, rows, base_url)
-            say(
-                f"    {base_url}/ serves {len(rows) - len(broken)} images in {len(images)} "
-                f"classes\n    URL list: {URL_LIST} ({len(rows)} rows: {n_test} split=test, "
-                f"{len(broken)} deliberately broken URLs: a 404, a web page, a truncated JPEG)"
-            )
+            say(f"    {base_url}/ serves {description}\n    URL list: {URL_LIST}")
             clear_previous_download(options.workdir / IMAGES)
             timings[steps[0].title] = run_step(2, total, steps[0], options, env)
         say("    HTTP server stopped")
@@ -254,9 +262,6 @@ def run_demo(options: DemoOptions) -> int:
     say(f"\nDemo finished in {format_seconds(time.perf_counter() - start)}:")
     for step in steps:
         say(f"  {format_seconds(timings[step.title]):>12}  {step.command}")
-    say(
-        "Outputs (in the project folder): "
-        f"{IMAGES}/ (images, manifest.csv), {WEIGHTS}, pictures/ (logs.png, "
-        "confusion_matrix*.png, errors.png), reports/metrics.json"
-    )
+    outputs = [URL_LIST, IMAGES, *(path for step in steps for path in step.outputs)]
+    say(f"Outputs in {options.workdir}: {', '.join(map(str, outputs))}")
     return 0
