@@ -105,6 +105,8 @@ COVERAGE: dict[str, str] = {
     "python utils/inference.py --backend onnxruntime": (
         EVALUATION_TEST + "test_every_backend_gives_the_same_report"
     ),
+    # how the inference benchmark table in evaluation.md was produced
+    "flock /tmp/imgclf-cpu.lock .venv/bin/python benchmarks/inference.py": "record",
     # docs/readme/demo-docker.md
     "make demo": DEMO_TEST + "test_make_demo_runs_the_whole_pipeline",
     "make demo 'DEMO_ARGS=--per-class 20 --config my_quick.yaml'": (

@@ -29,6 +29,8 @@ def _report_args(weights, tmp_path, *extra: str) -> list[str]:
         str(tmp_path / "pictures"),
         "--bootstrap",
         "200",
+        "--seed",
+        "0",
         "--workers",
         "0",
         *extra,
