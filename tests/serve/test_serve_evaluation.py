@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import ROOT, TINY_CLASSES
+from tests.dataset.helpers import manifest_rows_for_folder, write_manifest
 from tests.serve.conftest import tiny_split
 
 PICTURES = ("confusion_matrix.png", "confusion_matrix_normalized.png", "errors.png")
@@ -96,6 +97,22 @@ def test_report_on_a_data_folder_with_a_corrupt_image(
     assert metrics["items"] == 12
     assert metrics["run"]["images"] == 13
     assert len(metrics["run"]["failed"]) == 1
+
+
+def test_report_on_the_test_rows_of_a_manifest(cli, fitted_weights, tiny_root, tmp_path):
+    data = _held_out_copy(tiny_root, tmp_path / "data")
+    rows = manifest_rows_for_folder(data, test_every=3)  # 4 of the 12 images are split=test
+    rows.append({"url": "http://127.0.0.1/x.jpg", "label": "circle", "status": "failed"})
+    write_manifest(data, rows)
+    args = _report_args(fitted_weights, tmp_path, "--data", str(data), "--split", "test")
+    assert cli.main(args) == 0
+    metrics = json.loads((tmp_path / "reports" / "metrics.json").read_text())
+    assert metrics["items"] == 4
+    assert metrics["run"]["data"] == f"the test images of {data}"
+    paths = [
+        row["path"] for row in csv.DictReader((tmp_path / "reports" / "predictions.csv").open())
+    ]
+    assert paths == [row["path"] for row in rows if row.get("split") == "test"]
 
 
 @pytest.mark.parametrize(
