@@ -74,7 +74,7 @@ def summarize(
         "metrics": metrics.headline_metrics(y_true, probabilities, resamples=resamples, seed=seed),
         "baselines": (
             _baselines(classes, y_true, train_counts, draws=resamples, seed=seed)
-            if train_counts
+            if train_counts and sum(train_counts.values()) > 0
             else None
         ),
         "per_class": [
