@@ -22,6 +22,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -49,7 +50,7 @@ from imgclf.acquire.manifest import (
     recover_previous,
 )
 from imgclf.acquire.reader import InputSummary, UrlRow, iter_url_rows, scan_urls
-from imgclf.acquire.reasons import DUPLICATE, FAILED, OK
+from imgclf.acquire.reasons import DUPLICATE, FAILED, OK, STATUSES
 from imgclf.acquire.stats import RunStats
 from imgclf.acquire.validator import (
     ValidationOptions,
@@ -119,7 +120,8 @@ def run_download(options: DownloadOptions) -> RunStats:
         pool.shutdown(wait=True, cancel_futures=True)
         if stats.interrupted:
             remove_stale_temporaries(out)  # staged by workers for rows that were dropped
-        stats.finished = stats.finished or stats.started + stats.duration
+        if stats.finished is None:
+            stats.finished = time.time()
         stats.save(out / STATS_NAME)
     return stats
 
@@ -192,7 +194,7 @@ class _Run:
             self.writer.close()
             self._remove_empty_folders()
             self.stats.interrupted = self.stopping
-            self.stats.finished = self.stats.started + self.stats.duration
+            self.stats.finished = time.time()
 
     def _remove_empty_folders(self) -> None:
         """A label whose every row failed or was a duplicate must not leave an empty class."""
@@ -241,8 +243,8 @@ class _Run:
 
     def _must_fetch(self, old: ManifestRow | None) -> bool:
         """Without a usable earlier row the URL is fetched; ok rows are checked on disk first."""
-        if old is None:
-            return True
+        if old is None or old.status not in STATUSES:
+            return True  # no earlier row, or one this version does not know: fetch
         if old.status == FAILED:
             return self.options.retry_failed
         return False
