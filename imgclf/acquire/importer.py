@@ -16,8 +16,7 @@ from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path, PurePosixPath
 
-from imgclf.acquire.labels import LabelFolders
-from imgclf.acquire.reader import InputSummary, UrlRow
+from imgclf.acquire.reader import InputSummary, UrlRow, summarize
 from imgclf.errors import InputError
 
 # Bytes of a member, or None when it is larger than the cap (then it is not even read).
@@ -28,14 +27,8 @@ _Entry = tuple[str, str, int, Callable[[], bytes]]
 
 def scan_import(source: Path) -> InputSummary:
     """Validate labels and count members without reading any image bytes."""
-    folders = LabelFolders()
-    rows = 0
-    for row in import_rows(source):
-        folders.folder(row.label, row.where)
-        rows += 1
-    if rows == 0:
-        raise InputError(f"{source}: no <label>/<image> files found; check the archive layout.")
-    return InputSummary(rows, {label: folders.folder(label) for label in folders.labels()})
+    when_empty = f"{source}: no <label>/<image> files found; check the archive layout."
+    return summarize(import_rows(source), when_empty)
 
 
 def import_rows(source: Path) -> Iterator[UrlRow]:

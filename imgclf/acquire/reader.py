@@ -18,7 +18,7 @@ import csv
 import gzip
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,14 +79,19 @@ def iter_url_rows(path: Path) -> Iterator[UrlRow]:
 
 def scan_urls(path: Path) -> InputSummary:
     """Read the whole input once (streamed) and raise InputError on the first malformed row."""
+    return summarize(iter_url_rows(path), f"{path}: the input holds no URLs.")
+
+
+def summarize(rows: Iterable[UrlRow], when_empty: str) -> InputSummary:
+    """Count `rows` and give every label its folder; InputError(`when_empty`) if there are none."""
     folders = LabelFolders()
-    rows = 0
-    for row in iter_url_rows(path):
+    count = 0
+    for row in rows:
         folders.folder(row.label, row.where)
-        rows += 1
-    if rows == 0:
-        raise InputError(f"{path}: the input holds no URLs.")
-    return InputSummary(rows, {label: folders.folder(label) for label in folders.labels()})
+        count += 1
+    if count == 0:
+        raise InputError(when_empty)
+    return InputSummary(count, {label: folders.folder(label) for label in folders.labels()})
 
 
 def _format_suffix(path: Path) -> str | None:

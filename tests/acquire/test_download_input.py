@@ -16,6 +16,7 @@ import pytest
 from imgclf.acquire.cli import main
 from imgclf.acquire.labels import LabelFolders, safe_label
 from imgclf.acquire.reader import iter_url_rows, scan_urls
+from imgclf.acquire.reasons import REASONS
 from imgclf.errors import InputError
 from tests.acquire import sample_images as images
 from tests.acquire.faults import read_rows
@@ -223,3 +224,9 @@ def test_import_brings_files_through_the_same_validation_and_layout(tmp_path, ki
     # Importing again keeps everything and reads nothing new.
     assert main(["--import", str(archive), "--out", str(out), "--quiet", "--min-side", "8"]) == 0
     assert read_rows(out) == rows
+
+
+def test_the_documented_reasons_are_the_vocabulary():
+    documented = (ROOT / "docs" / "readme" / "download.md").read_text(encoding="utf-8")
+    for reason in REASONS:
+        assert f"| `{reason}` |" in documented, f"{reason} is missing from the README part"
