@@ -77,6 +77,10 @@ COVERAGE: dict[str, str] = {
     "configs/demo.yaml root.yaml": "record",
     "flock /tmp/imgclf-cpu.lock .venv/bin/catalyst-dl run --config configs/config.yaml "
     "configs/demo.yaml root.yaml --seed 7": "record",
+    # the BatchNorm momentum comparison in training.md (bn.yaml: the reader's paths)
+    "flock /tmp/imgclf-cpu.lock .venv/bin/catalyst-dl run --config configs/config.yaml bn.yaml": (
+        "record"
+    ),
     # docs/readme/evaluation.md
     "python utils/inference.py --split valid": (
         EVALUATION_TEST + "test_bad_input_is_one_line_and_exit_2"
