@@ -148,9 +148,9 @@ def imagefolder(trainer: Trainer, args: argparse.Namespace, size: int) -> float:
     return trainer.run(loader, args.batches)
 
 
-def measure(arch: str, size: int, classes: int, args: argparse.Namespace) -> dict[str, float]:
-    """Median images/s of each feeder over --rounds rounds, the feeders interleaved in every
-    round so that load from other processes hits them alike."""
+def measure(arch: str, size: int, classes: int, args: argparse.Namespace) -> dict[str, list]:
+    """images/s of each feeder in each of --rounds rounds; every round measures all feeders
+    in turn, so that load from other processes hits them alike."""
     trainer = Trainer(arch, classes, args.channels_last)
     ceiling(trainer, args, size, classes)  # warm-up: allocator, kernels
     rounds: dict[str, list[float]] = {name: [] for name in COLUMNS}
@@ -161,7 +161,12 @@ def measure(arch: str, size: int, classes: int, args: argparse.Namespace) -> dic
         rounds["warm"].append(warm)
         rounds["warm0"].append(warm0)
         rounds["folder"].append(imagefolder(trainer, args, size))
-    return {name: statistics.median(values) for name, values in rounds.items()}
+    return rounds
+
+
+def ratio(rounds: dict[str, list[float]], top: str, bottom: str) -> float:
+    """Median over rounds of the ratio within each round (robust to load that drifts)."""
+    return statistics.median(a / b for a, b in zip(rounds[top], rounds[bottom], strict=True))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -179,15 +184,14 @@ def main(argv: list[str] | None = None) -> None:
         + "".join(f"{name:>9}" for name in COLUMNS)
         + "".join(f"{name:>13}" for name in RATIOS)
     )
-    print("images/s of training steps (medians)\n" + header)
+    print("images/s of training steps, and their ratios: medians over the rounds\n" + header)
     for arch in args.archs:
         for size in args.sizes:
-            rates = measure(arch, size, classes, args)
-            ratios = [rates[top] / rates[bottom] for top, bottom in RATIOS.values()]
+            rounds = measure(arch, size, classes, args)
             print(
                 f"{arch:<20}{size:>5}"
-                + "".join(f"{rates[name]:>9.0f}" for name in COLUMNS)
-                + "".join(f"{ratio:>13.2f}" for ratio in ratios),
+                + "".join(f"{statistics.median(rounds[name]):>9.0f}" for name in COLUMNS)
+                + "".join(f"{ratio(rounds, *pair):>13.2f}" for pair in RATIOS.values()),
                 flush=True,
             )
 
