@@ -19,10 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from imgclf.acquire.layout import MANIFEST_NAME as MANIFEST
 from imgclf.errors import InputError
 from imgclf.imaging import EXTENSIONS
 
-MANIFEST = "manifest.csv"
 MANIFEST_COLUMNS = ("label", "split", "status", "path", "sha256")
 # File name endings read as images in the folder layout (lower-cased).
 IMAGE_SUFFIXES = frozenset({f".{ext}" for ext in EXTENSIONS.values()} | {".jpeg", ".tif"})

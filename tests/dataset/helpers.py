@@ -8,20 +8,7 @@ from pathlib import Path
 
 from PIL import Image
 
-MANIFEST_HEADER = [
-    "url",
-    "label",
-    "split",
-    "status",
-    "reason",
-    "path",
-    "sha256",
-    "width",
-    "height",
-    "bytes",
-    "attempts",
-    "duplicate_of",
-]
+from imgclf.acquire.manifest import COLUMNS as MANIFEST_HEADER
 
 
 def sha256_of(path: Path) -> str:

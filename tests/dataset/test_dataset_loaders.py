@@ -49,19 +49,23 @@ def test_dataset_items_are_float_tensors_with_class_indices(tiny_image_folder: P
         data.dataset("holdout")
 
 
-@pytest.mark.parametrize("num_workers", [0, 2])
-def test_loaders_yield_batches_of_the_right_shapes_and_labels(
-    tiny_image_folder: Path, num_workers: int
-):
-    data = prepare_data(tiny_image_folder, img_size=32, val_fraction=0.25, progress=False)
-
-    loaders = build_loaders(
+def loaders_32px(data, num_workers: int):
+    return build_loaders(
         data,
         batch_size=8,
         num_workers=num_workers,
         train_transform=TrainPreset(img_size=32),
         eval_transform=EvalPreset(img_size=32),
     )
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_loaders_yield_batches_of_the_right_shapes_and_labels(
+    tiny_image_folder: Path, num_workers: int
+):
+    data = prepare_data(tiny_image_folder, img_size=32, val_fraction=0.25, progress=False)
+
+    loaders = loaders_32px(data, num_workers)
 
     assert list(loaders) == ["train", "valid"]
     # With workers, the loader's seed fixes the augmentation; without, the global RNG does
@@ -73,15 +77,8 @@ def test_loaders_yield_batches_of_the_right_shapes_and_labels(
     valid_targets = torch.cat([targets for _, targets in loaders["valid"]])
     assert valid_targets.tolist() == data.targets("valid")  # in order, nothing dropped
     # Seeded: the same seed shuffles and augments the same way.
-    again = build_loaders(
-        data,
-        batch_size=8,
-        num_workers=num_workers,
-        train_transform=TrainPreset(img_size=32),
-        eval_transform=EvalPreset(img_size=32),
-    )
     torch.manual_seed(0)
-    first_images, first_targets = next(iter(again["train"]))
+    first_images, first_targets = next(iter(loaders_32px(data, num_workers)["train"]))
     assert torch.equal(first_targets, train[0][1]) and torch.equal(first_images, train[0][0])
 
 

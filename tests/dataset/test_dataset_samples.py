@@ -107,22 +107,22 @@ def test_manifest_missing_columns(tmp_path: Path):
         read_samples(tmp_path)
 
 
-def test_manifest_without_ok_rows(tiny_image_folder: Path):
+@pytest.mark.parametrize(
+    ("failed_labels", "message"),
+    [
+        (set(TINY_CLASSES), r"has no 'ok' rows \(36 rows in all\)"),
+        ({"square"}, r"no 'ok' row for class 'square' \(all 12 failed"),
+    ],
+)
+def test_manifest_classes_whose_downloads_all_failed(
+    tiny_image_folder: Path, failed_labels: set[str], message: str
+):
     rows = manifest_rows_for_folder(tiny_image_folder)
     for row in rows:
-        row["status"] = "failed"
-    write_manifest(tiny_image_folder, rows)
-    with pytest.raises(InputError, match=r"has no 'ok' rows \(36 rows in all\)"):
-        read_samples(tiny_image_folder)
-
-
-def test_manifest_class_whose_downloads_all_failed(tiny_image_folder: Path):
-    rows = manifest_rows_for_folder(tiny_image_folder)
-    for row in rows:
-        if row["label"] == "square":
+        if row["label"] in failed_labels:
             row["status"] = "failed"
     write_manifest(tiny_image_folder, rows)
-    with pytest.raises(InputError, match=r"no 'ok' row for class 'square' \(all 12 failed"):
+    with pytest.raises(InputError, match=message):
         read_samples(tiny_image_folder)
 
 
