@@ -17,7 +17,7 @@ import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from imgclf.acquire.layout import MANIFEST_NAME as MANIFEST
 from imgclf.errors import InputError
@@ -112,6 +112,7 @@ def _read_manifest(manifest: Path) -> list[Sample]:
         rows = list(reader)
     samples: list[Sample] = []
     labels_seen: Counter[str] = Counter()
+    seen_paths: dict[str, int] = {}  # path → line of its first 'ok' row
     for line, row in enumerate(rows, start=2):  # line 1 is the header
         labels_seen[row["label"]] += 1
         if row["status"] != "ok":
@@ -121,6 +122,18 @@ def _read_manifest(manifest: Path) -> list[Sample]:
                 f"{manifest} line {line} is an 'ok' row without a path or label; "
                 "re-run the download or fix the row."
             )
+        path = PurePosixPath(row["path"])
+        if path.is_absolute() or ".." in path.parts:
+            raise InputError(
+                f"{manifest} line {line} has path {row['path']!r}, which leaves the data folder; "
+                "paths must be relative to the folder that holds manifest.csv."
+            )
+        if row["path"] in seen_paths:
+            raise InputError(
+                f"{manifest} line {line} lists {row['path']!r} again (first on line "
+                f"{seen_paths[row['path']]}); keep one 'ok' row per file."
+            )
+        seen_paths[row["path"]] = line
         samples.append(
             Sample(
                 path=row["path"],

@@ -147,3 +147,21 @@ def test_importing_the_reader_does_not_import_torch():
         "sys.exit('torch' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("../outside.jpg", r"line 3 has path '../outside.jpg', which leaves the data folder"),
+        ("/etc/hosts", r"line 3 has path '/etc/hosts', which leaves the data folder"),
+        ("circle/000.jpg", r"line 3 lists 'circle/000.jpg' again \(first on line 2\)"),
+    ],
+)
+def test_manifest_paths_must_stay_inside_and_be_unique(
+    tiny_image_folder: Path, path: str, message: str
+):
+    rows = manifest_rows_for_folder(tiny_image_folder)
+    rows[1]["path"] = path
+    write_manifest(tiny_image_folder, rows)
+    with pytest.raises(InputError, match=message):
+        read_samples(tiny_image_folder)
