@@ -22,6 +22,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -127,13 +128,18 @@ def run_download(options: DownloadOptions) -> RunStats:
 
 
 def _start_workers(workers: int) -> ProcessPoolExecutor:
-    # fork is fastest on Linux; start every worker now, before asyncio or tqdm start threads.
-    method = "fork" if sys.platform == "linux" else "spawn"
-    pool = ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=multiprocessing.get_context(method),
-        initializer=init_worker,
-    )
+    """Start every worker now, before asyncio or tqdm start threads of their own.
+
+    fork is the fastest start, but forking a process in which other threads run (a caller's
+    server, a test) can deadlock the child; such callers get forkserver workers instead.
+    """
+    if sys.platform == "linux" and threading.active_count() == 1:
+        context = multiprocessing.get_context("fork")
+    else:
+        context = multiprocessing.get_context("forkserver" if sys.platform != "win32" else "spawn")
+        if context.get_start_method() == "forkserver":
+            context.set_forkserver_preload(["imgclf.acquire.validator"])
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=init_worker)
     pool.submit(int).result()
     return pool
 
