@@ -87,7 +87,7 @@ def _data_folder(data: Path, part: str | None) -> HeldOut:
     )
 
 
-def _label_indices(held_out: HeldOut, classes: tuple[str, ...], weights_path: Path) -> list[int]:
+def _label_indices(held_out: HeldOut, classes: list[str], weights_path: Path) -> list[int]:
     index = {name: k for k, name in enumerate(classes)}
     foreign = sorted(set(held_out.labels) - set(index))
     if foreign:
@@ -97,6 +97,40 @@ def _label_indices(held_out: HeldOut, classes: tuple[str, ...], weights_path: Pa
             f"its classes are: {', '.join(classes)}."
         )
     return [index[label] for label in held_out.labels]
+
+
+def _write_report(
+    summary: dict[str, Any],
+    run: dict[str, Any],
+    root: Path,
+    paths: list[str],
+    y_true: np.ndarray,
+    probabilities: np.ndarray,
+    out_dir: Path,
+    pictures_dir: Path,
+) -> list[Path]:
+    """metrics.json and predictions.csv in `out_dir`, the three pictures in `pictures_dir`."""
+    classes = summary["classes"]
+    counts = np.asarray(summary["confusion_matrix"])
+    return [
+        report.write_metrics_json(out_dir / "metrics.json", summary, run),
+        report.write_predictions_csv(
+            out_dir / "predictions.csv", paths, y_true, probabilities, classes
+        ),
+        report.plot_confusion_matrix(
+            pictures_dir / "confusion_matrix.png", counts, classes, normalized=False
+        ),
+        report.plot_confusion_matrix(
+            pictures_dir / "confusion_matrix_normalized.png", counts, classes, normalized=True
+        ),
+        report.plot_error_gallery(
+            pictures_dir / "errors.png",
+            [root / path for path in paths],
+            y_true,
+            probabilities,
+            classes,
+        ),
+    ]
 
 
 def evaluate(
@@ -128,8 +162,9 @@ def evaluate(
         if data is not None
         else _stored_split(weights, stored.split, split)
     )
+    # Check the classes before loading an engine (which may mean exporting in memory).
+    y_all = _label_indices(held_out, stored.classes, weights)
     predictor = load_predictor(weights, backend)
-    y_all = _label_indices(held_out, predictor.classes, weights)
     items = [
         Item(str(held_out.root / path), label=label)
         for path, label in zip(held_out.paths, y_all, strict=True)
@@ -167,27 +202,16 @@ def evaluate(
         "seconds": round(outcome.seconds, 3),
         "images_per_second": round(len(items) / max(outcome.seconds, 1e-9), 1),
     }
-    out_dir, pictures_dir = Path(out_dir), Path(pictures_dir)
-    counts = np.asarray(summary["confusion_matrix"])
-    written = [
-        report.write_metrics_json(out_dir / "metrics.json", summary, run),
-        report.write_predictions_csv(
-            out_dir / "predictions.csv", paths, y_true, probabilities, classes
-        ),
-        report.plot_confusion_matrix(
-            pictures_dir / "confusion_matrix.png", counts, classes, normalized=False
-        ),
-        report.plot_confusion_matrix(
-            pictures_dir / "confusion_matrix_normalized.png", counts, classes, normalized=True
-        ),
-        report.plot_error_gallery(
-            pictures_dir / "errors.png",
-            [held_out.root / path for path in paths],
-            y_true,
-            probabilities,
-            classes,
-        ),
-    ]
+    written = _write_report(
+        summary,
+        run,
+        held_out.root,
+        paths,
+        y_true,
+        probabilities,
+        Path(out_dir),
+        Path(pictures_dir),
+    )
     title = (
         f"{stored.arch} from {weights}, backend {predictor.backend}\n"
         f"{held_out.description}: {len(ok)} images, {len(classes)} classes "
