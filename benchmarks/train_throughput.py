@@ -14,7 +14,7 @@ step; channels-last) fed by:
   folder   torchvision ImageFolder decoding every JPEG every epoch, with the same augmentation,
            model, batch size and workers: the loop most people write.
 Epochs are cut to --batches timed batches (cold is extrapolated to the whole train part) so a
-full run stays within minutes on 2 cores. Each round measures every feeder in turn and the
+full run stays within a few minutes on 2 cores. Each round measures every feeder in turn and the
 medians over --rounds rounds are printed, so load from other processes hits all of them alike.
 The JPEG files may sit in the OS page cache: "cold" means cold imgclf cache, not cold disk.
 """
@@ -107,7 +107,8 @@ def pipeline(trainer: Trainer, args: argparse.Namespace, size: int) -> tuple[flo
     """(cold, warm, warm in-process) images/s of full training epochs through imgclf.dataset.
 
     cold: from an empty cache folder, reading the folder and building the cache (all images,
-    every part) plus one epoch, extrapolated from the timed batches to the whole train part.
+    every part) plus one epoch: its first --batches batches timed (workers starting), the
+    rest of the train part counted at the warm rate.
     warm: the next epoch, the cache built and the --workers DataLoader workers started.
     warm in-process: the same with num_workers=0, augmentation between the training steps.
     """
@@ -116,10 +117,12 @@ def pipeline(trainer: Trainer, args: argparse.Namespace, size: int) -> tuple[flo
         data = prepare_data(args.data, img_size=size, cache_dir=cache_dir, progress=False)
         loaders = loaders_for(data, args, size, args.workers)
         setup = time.perf_counter() - start
-        first_pass = trainer.run(loaders["train"], args.batches)
-        epoch = len(data.parts["train"])
-        cold = epoch / (setup + epoch / first_pass)
+        timed = args.batches * args.batch_size
+        first_batches = timed / trainer.run(loaders["train"], args.batches)  # seconds
         warm = trainer.run(loaders["train"], args.batches)
+        # The rest of a cold epoch runs at the warm rate: the cache is complete by then.
+        epoch = len(data.parts["train"])
+        cold = epoch / (setup + first_batches + max(0, epoch - timed) / warm)
         in_process = trainer.run(loaders_for(data, args, size, 0)["train"], args.batches)
         return cold, warm, in_process
 
