@@ -57,6 +57,8 @@ COVERAGE: dict[str, str] = {
     "python utils/download_data.py --help": (
         INPUT_TEST + "test_help_lists_every_option_with_its_default"
     ),
+    # how the download benchmark table in download.md was produced
+    "flock /tmp/imgclf-cpu.lock .venv/bin/python benchmarks/download.py": "record",
     # docs/readme/training.md
     "catalyst-dl run --config configs/config.yaml": (
         TRAIN_TEST + "test_run_leaves_weights_picture_logs_and_table"
