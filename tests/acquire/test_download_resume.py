@@ -192,3 +192,23 @@ def _alive(pid: int) -> bool:
             return handle.read().split(") ")[1][0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_ctrl_c_during_a_rerun_keeps_every_earlier_row(url_list, reference, tmp_path):
+    out = tmp_path / "out"
+    assert main(["--urls", str(url_list), "--out", str(out), *SLOW]) == 0
+    for image in out.glob("*/*.jpg"):
+        image.unlink()  # the rerun must fetch every image again: slow enough to interrupt
+    process = start(url_list, out)
+    while not (out / ".manifest.previous.csv").exists():  # the run has set the old rows aside
+        assert process.poll() is None
+        time.sleep(0.005)
+    wait_for_rows(out, 20, process)
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=60)
+    assert process.returncode == 130
+    # Rows not reached yet come from the earlier run's manifest: nothing is forgotten.
+    assert read_rows(out) == read_rows(reference)
+    assert not (out / ".manifest.previous.csv").exists()
+    assert main(["--urls", str(url_list), "--out", str(out), *SLOW]) == 0
+    assert snapshot(out) == snapshot(reference)
