@@ -13,12 +13,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import ipaddress
 import random
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -82,11 +83,11 @@ class Fetcher:
         self.options = options
         self._session: aiohttp.ClientSession | None = None
         self._private_hosts: dict[str, bool] = {}
+        self._hosts = HostSlots(options.per_host)
 
     async def __aenter__(self) -> Fetcher:
         connector = aiohttp.TCPConnector(
             limit=self.options.concurrency,
-            limit_per_host=self.options.per_host,
             ttl_dns_cache=300,
         )
         timeout = aiohttp.ClientTimeout(
@@ -138,7 +139,10 @@ class Fetcher:
             if self.options.block_private and await self._is_private(url.host):
                 raise _Failure("blocked_private")
             try:
-                async with self._session.get(url, allow_redirects=False) as response:
+                async with (
+                    self._hosts.slot(url.host),
+                    self._session.get(url, allow_redirects=False) as response,
+                ):
                     if response.status in REDIRECT_STATUSES:
                         location = response.headers.get("Location")
                         if not location:
@@ -200,6 +204,38 @@ class Fetcher:
             self._private_hosts.clear()
         self._private_hosts[host] = private
         return private
+
+
+class HostSlots:
+    """At most `limit` requests per host at a time.
+
+    aiohttp's own `limit_per_host` makes a request wait for a connection *inside* its total
+    timeout, so requests queued behind a slow host would time out without ever being sent.
+    Waiting here happens before the timeout starts. Idle hosts are forgotten (flat memory).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._hosts: dict[str, tuple[asyncio.Semaphore, list[int]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def slot(self, host: str) -> AsyncIterator[None]:
+        """Hold one of `host`'s slots for the duration of the block."""
+        entry = self._hosts.get(host)
+        if entry is None:
+            entry = self._hosts[host] = (asyncio.Semaphore(self.limit), [0])
+        semaphore, users = entry
+        users[0] += 1
+        try:
+            async with semaphore:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._hosts[host]
+
+    def __len__(self) -> int:
+        return len(self._hosts)
 
 
 def check_url(url: str) -> str:

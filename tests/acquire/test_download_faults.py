@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from imgclf import __version__
 from imgclf.acquire.cli import main
 from imgclf.acquire.manifest import COLUMNS
 from imgclf.acquire.reasons import is_known_reason
+from tests.acquire import sample_images as images
 from tests.acquire.faults import (
     EXPECTED,
     FAST,
@@ -21,6 +24,7 @@ from tests.acquire.faults import (
     read_rows,
     write_list,
 )
+from tests.support.loopback import LoopbackServer
 
 
 @pytest.fixture(scope="module")
@@ -193,3 +197,33 @@ def test_resize_stores_a_smaller_jpeg(fault_server, tmp_path):
         assert max(int(row["width"]), int(row["height"])) == 40
         data = (tmp_path / "out" / row["path"]).read_bytes()
         assert data[:2] == b"\xff\xd8" and hashlib.sha256(data).hexdigest() == row["sha256"]
+
+
+def test_concurrency_is_limited_per_host_and_in_total(tmp_path):
+    active = {"now": 0, "peak": 0}
+
+    async def counted(request):
+        active["now"] += 1
+        active["peak"] = max(active["peak"], active["now"])
+        try:
+            await asyncio.sleep(0.05)
+            return web.Response(body=images.jpeg(seed=int(request.path[2:-4])))
+        finally:
+            active["now"] -= 1
+
+    routes = {f"/x{index}.jpg": counted for index in range(500, 524)}
+    with LoopbackServer(routes) as server:
+        # Two host names for the same server: the per-host limit applies to each.
+        hosts = [f"127.0.0.1:{server.port}", f"localhost:{server.port}"]
+        rows = [(f"http://{hosts[i % 2]}/x{500 + i}.jpg", "x") for i in range(24)]
+        urls = write_list(tmp_path / "urls.csv", rows)
+        out = tmp_path / "out"
+        assert main(["--urls", str(urls), "--out", str(out), "--quiet", "--per-host", "2",
+                     "--concurrency", "3"]) == 0  # fmt: skip
+        assert active["peak"] == 3  # 2 per host would allow 4: the total limit holds too
+        single = write_list(tmp_path / "one-host.csv", [r for r in rows if "127" in r[0]])
+        active["peak"] = 0
+        assert main(["--urls", str(single), "--out", str(tmp_path / "out2"), "--quiet",
+                     "--per-host", "2", "--concurrency", "8"]) == 0  # fmt: skip
+        assert active["peak"] == 2
+    assert all(row["status"] == "ok" for row in read_rows(out))
