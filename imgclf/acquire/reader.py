@@ -123,6 +123,8 @@ def _iter_file(path: Path) -> Iterator[tuple[str, str, str, int]]:
                 yield from _iter_label_file(path, handle)
         except UnicodeDecodeError:
             raise InputError(f"{path}: is not UTF-8 text; save it as UTF-8.") from None
+        except csv.Error as error:
+            raise InputError(f"{path}: is not valid CSV/TSV ({error}); fix the file.") from None
         except (OSError, EOFError) as error:
             raise InputError(f"{path}: cannot be read ({error}); check the file.") from None
 

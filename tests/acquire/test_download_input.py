@@ -93,7 +93,9 @@ def test_unreadable_inputs_are_input_errors(tmp_path):
     (tmp_path / "latin1.csv").write_bytes("url,label\nhttp://a/1.jpg,caf\xe9\n".encode("latin-1"))
     (tmp_path / "broken.csv.gz").write_bytes(b"not gzip at all")
     (tmp_path / "urls.xlsx").write_bytes(b"")
+    (tmp_path / "huge.csv").write_text("url,label\nhttp://a/1.jpg," + "c" * 200_000 + "\n")
     for name, message in [
+        ("huge.csv", "is not valid CSV/TSV"),
         ("latin1.csv", "is not UTF-8"),
         ("broken.csv.gz", "cannot be read"),
         ("urls.xlsx", "unknown list format"),
