@@ -206,7 +206,8 @@ def test_concurrency_is_limited_per_host_and_in_total(tmp_path):
         active["now"] += 1
         active["peak"] = max(active["peak"], active["now"])
         try:
-            await asyncio.sleep(0.05)
+            # Long enough that the limit is reached even on a loaded machine.
+            await asyncio.sleep(0.15)
             return web.Response(body=images.jpeg(seed=int(request.path[2:-4])))
         finally:
             active["now"] -= 1
