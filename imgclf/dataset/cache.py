@@ -139,18 +139,25 @@ def load_or_build(
         previous = _previous_rows(cache_dir, side, crop)
         tmp = cache_dir / f".{folder.name}.{os.getpid()}{TMP_SUFFIX}"
         tmp.mkdir()
-        failed = _fill(tmp / IMAGES, root, keys, (side, crop), previous, workers, progress)
-        meta = {
-            "version": CACHE_VERSION,
-            "side": side,
-            "crop": crop,
-            "count": len(keys),
-            "files": [list(key) for key in keys],
-            "failed": {str(index): reason for index, reason in sorted(failed.items())},
-        }
-        (tmp / META).write_text(json.dumps(meta), encoding="utf-8")
-        _fsync_tree(tmp)
-        os.replace(tmp, folder)
+        try:
+            failed = _fill(tmp / IMAGES, root, keys, (side, crop), previous, workers, progress)
+            meta = {
+                "version": CACHE_VERSION,
+                "side": side,
+                "crop": crop,
+                "count": len(keys),
+                "files": [list(key) for key in keys],
+                "failed": {str(index): reason for index, reason in sorted(failed.items())},
+            }
+            (tmp / META).write_text(json.dumps(meta), encoding="utf-8")
+            _fsync(tmp, *tmp.iterdir())
+            os.replace(tmp, folder)
+            _fsync(cache_dir)  # make the rename itself durable
+        except BaseException:
+            # Ctrl-C or an error: leave nothing behind (a hard kill leaves `tmp`, which the next
+            # build removes).
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         # Older caches of the same size are superseded; other sizes stay (e.g. 96 and 224 px).
         for other in cache_dir.glob(f"{side}px-*"):
             if other != folder:
@@ -281,10 +288,17 @@ def _remove_leftovers(cache_dir: Path) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
-def _fsync_tree(folder: Path) -> None:
-    for path in folder.iterdir():
-        with path.open("rb") as handle:
-            os.fsync(handle.fileno())
+def _fsync(*paths: Path) -> None:
+    """Flush files and folders (their entries) to disk; folders are skipped where unsupported."""
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:  # e.g. folders on Windows
+            continue
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 @contextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -105,7 +106,8 @@ def test_default_cache_lives_in_the_data_root_and_is_not_read_as_a_class(
     assert read_samples(tiny_image_folder)[0] == data.classes
 
 
-def test_interrupted_build_is_never_used(tmp_path: Path):
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["killed", "ctrl-c"])
+def test_interrupted_build_is_never_used(tmp_path: Path, stop: signal.Signals):
     root = make_image_folder(tmp_path / "images", per_class=4)
     rows = manifest_rows_for_folder(root)
     # A named pipe listed as an image: reading it blocks, so the build is stuck half-way
@@ -126,10 +128,14 @@ def test_interrupted_build_is_never_used(tmp_path: Path):
                 break
             time.sleep(0.1)
         assert builder.poll() is None, "the build should be stuck on the named pipe"
+        builder.send_signal(stop)
+        builder.wait(timeout=60)
     finally:
         builder.kill()
         builder.wait()
-    assert list(cache_dir.glob(".*.tmp")) and finished_caches(cache_dir) == []
+    assert finished_caches(cache_dir) == []
+    # Killed: the half-built folder stays (and is ignored); Ctrl-C: the build cleans up.
+    assert bool(list(cache_dir.glob(".*.tmp"))) == (stop == signal.SIGKILL)
 
     stuck.unlink()
     shutil.copy(root / "circle" / "000.jpg", stuck)
