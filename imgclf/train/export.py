@@ -82,8 +82,12 @@ def _column(rows: list[dict[str, str]], name: str) -> list[float]:
     return [float(row[name]) if row.get(name) not in (None, "") else float("nan") for row in rows]
 
 
-def plot_history(logdir: str | Path, path: str | Path) -> Path:
-    """Draw loss, accuracy and macro-F1 per epoch (train and valid) into a PNG at `path`."""
+def plot_history(logdir: str | Path, path: str | Path, weights: WeightsFile) -> Path:
+    """Draw loss, accuracy and macro-F1 per epoch (train and valid) into a PNG at `path`.
+
+    The title names the epoch whose checkpoint became `weights` (not the first epoch with the
+    highest score: ties go to the later epoch, and a head-only stage never provides the weights).
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers; select before pyplot is imported
@@ -103,10 +107,10 @@ def plot_history(logdir: str | Path, path: str | Path) -> Path:
         axis.set(title=title, xlabel="epoch")
         axis.grid(alpha=0.3)
         axis.legend()
-    best = max(rows, key=lambda row: float(row["valid_f1_macro"] or 0.0)) if rows else None
-    if best:
+    if "f1_macro" in weights.metrics:
         figure.suptitle(
-            f"best valid macro-F1 {float(best['valid_f1_macro']):.4f} at epoch {best['epoch']}"
+            f"exported: epoch {weights.metrics.get('epoch')}, "
+            f"valid macro-F1 {weights.metrics['f1_macro']:.4f}"
         )
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)

@@ -373,7 +373,7 @@ class ImageClassifierRunner(SupervisedConfigRunner):
         weights = export_weights(
             self.run_dir, settings.weights, arch=self.model_settings.arch, config=self._config
         )
-        plot_history(self.run_dir, settings.picture)
+        plot_history(self.run_dir, settings.picture, weights)
         print(summary_table(self.run_dir, weights, time.perf_counter() - self._started))
         print(f"weights: {settings.weights}\npicture: {settings.picture}\nlogs:    {self.run_dir}")
 
