@@ -1,0 +1,167 @@
+"""Evaluate a trained model, classify images, or export the model.
+
+Report on the held-out split stored with the weights (or on --data DIR):
+    python utils/inference.py [--weights weights/mobilenet_v3_small.pth] [--data DIR]
+                              [--split test] [--out reports/] [--pictures pictures/]
+Classify image files, folders and http(s) URLs:
+    python utils/inference.py --predict PATH [PATH ...] [--topk 5] [--json]
+Export next to the weights (class names and preprocessing embedded):
+    python utils/inference.py --export onnx|torchscript [--weights ...]
+Any of them with --backend torch|torchscript|onnxruntime.
+
+Exit codes: 0 done, 1 some images failed (listed), 2 bad argument or input file, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from imgclf.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_ITEM_FAILED, EXIT_OK, InputError
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add = parser.add_argument
+    add(
+        "--weights",
+        default="weights/mobilenet_v3_small.pth",
+        help="weights file written by training (default: %(default)s); "
+        "--predict also takes an exported .onnx or .ts",
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--predict",
+        nargs="+",
+        metavar="PATH",
+        help="image files, folders (searched recursively) or http(s) URLs",
+    )
+    mode.add_argument(
+        "--export",
+        choices=("onnx", "torchscript"),
+        help="write <weights>.onnx or .ts next to the weights file",
+    )
+    add(
+        "--backend",
+        choices=("torch", "torchscript", "onnxruntime"),
+        help="inference engine (default: torch for a .pth, else the exported file's own)",
+    )
+    add(
+        "--data",
+        metavar="DIR",
+        help="report on this folder (<label>/ folders or manifest.csv) instead of the split "
+        "stored in the weights",
+    )
+    add(
+        "--split",
+        choices=("train", "valid", "test"),
+        help="part to report on (default: test when stored, else valid)",
+    )
+    add(
+        "--out",
+        default="reports",
+        metavar="DIR",
+        help="folder for metrics.json and predictions.csv (default: %(default)s)",
+    )
+    add(
+        "--pictures",
+        default="pictures",
+        metavar="DIR",
+        help="folder for the confusion matrices and the errors gallery (default: %(default)s)",
+    )
+    add(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="bootstrap resamples for the 95%% confidence intervals (default: %(default)s)",
+    )
+    add(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the bootstrap and the baseline simulation (default: %(default)s)",
+    )
+    add(
+        "--topk",
+        type=int,
+        default=5,
+        metavar="K",
+        help="classes shown per image with --predict (default: %(default)s)",
+    )
+    add("--json", action="store_true", help="--predict: print the results as JSON")
+    add(
+        "--batch-size",
+        type=int,
+        default=32,
+        metavar="N",
+        help="images per model call (default: %(default)s)",
+    )
+    add(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="image loading processes (default: one per core, at most 4)",
+    )
+    args = parser.parse_args(argv)
+    for name in ("bootstrap", "topk", "batch_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.workers is not None and args.workers < 0:
+        parser.error("--workers must be 0 (load in the main process) or more")
+    return args
+
+
+def run(args: argparse.Namespace) -> int:
+    """Do what `args` ask and print the result; returns the exit code."""
+    # Heavy imports after parsing, so --help answers at once.
+    from imgclf.serve import evaluation, export, prediction
+
+    if args.export:
+        path, spec = export.export_weights(args.weights, args.export)
+        print(f"wrote {path} ({spec.arch}, {len(spec.classes)} classes, preprocessing embedded)")
+        return EXIT_OK
+    if args.predict:
+        result = prediction.predict_paths(
+            args.weights,
+            args.predict,
+            backend=args.backend,
+            topk=args.topk,
+            batch_size=args.batch_size,
+            workers=args.workers,
+        )
+        text = json.dumps(result.payload, indent=2)
+        print(text if args.json else prediction.format_predictions(result.payload))
+        return EXIT_ITEM_FAILED if result.failed else EXIT_OK
+    result = evaluation.evaluate(
+        args.weights,
+        data=args.data,
+        split=args.split,
+        out_dir=args.out,
+        pictures_dir=args.pictures,
+        backend=args.backend,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        resamples=args.bootstrap,
+        seed=args.seed,
+    )
+    print(result.text)
+    for error in result.errors:
+        print(f"error: {error}", file=sys.stderr)
+    print("\nwritten:\n" + "\n".join(f"  {path}" for path in result.written))
+    return EXIT_ITEM_FAILED if result.errors else EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: bad input ends with one line on stderr and exit code 2, no traceback."""
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
