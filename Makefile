@@ -16,7 +16,7 @@ help:
 setup: $(STAMP)
 
 # Re-run the install only when what it installs changed.
-$(STAMP): requirements.txt pyproject.toml tools/install.sh tools/patch_catalyst.py
+$(STAMP): requirements.txt constraints.txt pyproject.toml tools/install.sh tools/patch_catalyst.py
 	@$(PYTHON) -c 'import sys; ok = (3, 10) <= sys.version_info[:2] <= (3, 12); sys.exit(0 if ok else "imgclf needs Python 3.10 to 3.12 but $(PYTHON) is " + sys.version.split()[0] + "; run make with PYTHON=python3.11")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	tools/install.sh $(BIN)/python

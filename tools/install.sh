@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 # pip >= 24.1 refuses every Catalyst release (invalid version specifiers in its metadata).
 "$py" -m pip install --quiet --disable-pip-version-check 'pip<24.1'
-"$py" -m pip install --quiet --disable-pip-version-check -r requirements.txt
+"$py" -m pip install --quiet --disable-pip-version-check -r requirements.txt -c constraints.txt
 # --no-deps: Catalyst declares tensorboardX<2.3, which breaks against current protobuf;
 # requirements.txt lists its real needs instead.
 "$py" -m pip install --quiet --disable-pip-version-check --no-deps catalyst==21.12

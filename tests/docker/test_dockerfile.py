@@ -76,7 +76,7 @@ def test_image_runs_make_setup_after_copying_everything_it_reads():
     # What the setup stamp depends on, what `pip install -e .` reads, and the Makefile itself.
     prerequisites, recipe = makefile_rule(".venv/.imgclf-installed")
     readme = re.search(r'^readme = "(.+)"', (ROOT / "pyproject.toml").read_text(), re.MULTILINE)
-    needed = {*prerequisites, readme.group(1), "Makefile", "imgclf"}
+    needed = {*prerequisites, readme.group(1), "Makefile", "imgclf/__init__.py"}
     missing = {path for path in needed if path not in copied and path.split("/")[0] not in copied}
     assert not missing, f"COPY these before `RUN make setup`: {sorted(missing)}"
     # ...and `make setup` is what installs the project everywhere: tools/install.sh into .venv.
