@@ -68,15 +68,16 @@ class OnnxRuntimeEngine:
 
         options = onnxruntime.SessionOptions()
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # One intra-op thread: ORT then runs the graph on the calling thread, with no pool to
-        # wake (or to spin, fighting torch's OpenMP threads that the preprocessing wakes).
-        # Measured on 2 cores, mobilenet_v3_small, 224 px, one 100x100 JPEG, torch at 2 threads:
-        #   2 threads, no spinning (previous): bare 1.13 ms, full classify() 2.14 ms
-        #   2 threads, spinning:               bare 0.61 ms, full 4.9 ms
-        #   1 thread:                          bare 0.95 ms, full 1.71 ms
-        # (setting torch to 1 thread around the preprocessing instead costs ~4 ms per call:
-        # torch.set_num_threads rebuilds its thread pools.)
-        options.intra_op_num_threads = 1
+        # ORT's idle threads spin by default; between calls that burns the cores that torch's
+        # preprocessing (and any other process) needs. Measured on 2 cores, 224 px, full
+        # classify() of a 100x100 JPEG (torch at 2 threads):
+        #   mobilenet_v3_small: 2 threads no spin 2.14 ms, 2 threads spinning 4.9 ms,
+        #                       1 thread 1.5-1.6 ms;
+        #   resnet18:           2 threads no spin 13.7 ms, 1 thread 17.5 ms, and one thread
+        #                       halves batch throughput (resnet18 --predict folder 110 -> 63/s).
+        # So: 2 threads, no spinning. (torch.set_num_threads(1) around the preprocessing, then
+        # back, made the spinning full path ~5 ms: no way out either.)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(
             model, options, providers=["CPUExecutionProvider"]
         )
