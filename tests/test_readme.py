@@ -1,6 +1,6 @@
 """Every command the README shows is run by a test, by `make demo` or by CI, so none can rot.
 
-The README is assembled from docs/readme/*.md, so both are read. Commands are the lines of
+README.md and any docs/*.md are read. Commands are the lines of
 ```bash blocks (comments after `#` dropped, `\\` continuations joined, a leading `$ ` removed),
 compared after shell tokenising so spacing and quoting style do not matter.
 
@@ -27,7 +27,7 @@ import pytest
 from imgclf.demo.pipeline import pipeline_steps
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs" / "readme").glob("*.md"))]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 DEMO_TEST = "tests/demo/test_demo_pipeline.py::"
 DOCKER_TEST = "tests/docker/test_docker_scripts.py::"
@@ -40,7 +40,7 @@ EXPORT_TEST = "tests/serve/test_serve_export.py::"
 COVERAGE: dict[str, str] = {
     # README.md, CI
     "make test": "ci",
-    # docs/readme/download.md
+    # README: download
     "python utils/download_data.py --urls data/urls --out data/images": (
         FAULTS_TEST + "test_run_completes_with_one_row_per_url_in_input_order"
     ),
@@ -59,7 +59,7 @@ COVERAGE: dict[str, str] = {
     ),
     # how the download benchmark table in download.md was produced
     "flock /tmp/imgclf-cpu.lock .venv/bin/python benchmarks/download.py": "record",
-    # docs/readme/training.md
+    # README: training
     "catalyst-dl run --config configs/config.yaml": (
         TRAIN_TEST + "test_run_leaves_weights_picture_logs_and_table"
     ),
@@ -83,7 +83,7 @@ COVERAGE: dict[str, str] = {
     "flock /tmp/imgclf-cpu.lock .venv/bin/catalyst-dl run --config configs/config.yaml bn.yaml": (
         "record"
     ),
-    # docs/readme/evaluation.md
+    # README: evaluation
     "python utils/inference.py --split valid": (
         EVALUATION_TEST + "test_bad_input_is_one_line_and_exit_2"
     ),
@@ -113,7 +113,7 @@ COVERAGE: dict[str, str] = {
     ),
     # how the inference benchmark table in evaluation.md was produced
     "flock /tmp/imgclf-cpu.lock .venv/bin/python benchmarks/inference.py": "record",
-    # docs/readme/demo-docker.md
+    # README: demo and docker
     "make demo": DEMO_TEST + "test_make_demo_runs_the_whole_pipeline",
     "make demo 'DEMO_ARGS=--per-class 20 --config my_quick.yaml'": (
         DEMO_TEST + "test_make_demo_runs_the_whole_pipeline"
