@@ -47,10 +47,11 @@ def _headline_table(summary: dict[str, Any]) -> list[str]:
             continue
         m = summary["metrics"][key]
         interval = f"[{_fmt(m['ci_low']).strip()}, {_fmt(m['ci_high']).strip()}]"
-        lines.append(
+        row = (
             f"{label:<18} {_fmt(m['value'])}   {interval:<17} "
             f"{_fmt(random.get(key)):>7} {_fmt(majority.get(key)):>8}"
         )
+        lines.append(row.rstrip())  # "-" cells are centred: no trailing blanks in logs
     return lines
 
 
