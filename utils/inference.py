@@ -17,4 +17,4 @@ import sys
 from imgclf.serve.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(description=__doc__))

@@ -1,15 +1,7 @@
-"""Evaluate a trained model, classify images, or export the model.
+"""Command line of `python utils/inference.py`: report, predict or export.
 
-Report on the held-out split stored with the weights (or on --data DIR):
-    python utils/inference.py [--weights weights/mobilenet_v3_small.pth] [--data DIR]
-                              [--split test] [--out reports/] [--pictures pictures/]
-Classify image files, folders and http(s) URLs:
-    python utils/inference.py --predict PATH [PATH ...] [--topk 5] [--json]
-Export next to the weights (class names and preprocessing embedded):
-    python utils/inference.py --export onnx|torchscript [--weights ...]
-Any of them with --backend torch|torchscript|onnxruntime.
-
-Exit codes: 0 done, 1 some images failed (listed), 2 bad argument or input file, 130 interrupted.
+The usage text shown by --help is the entry script's docstring (one copy, with the exact command
+lines), passed in as `description`.
 """
 
 from __future__ import annotations
@@ -21,9 +13,12 @@ import sys
 from imgclf.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_ITEM_FAILED, EXIT_OK, InputError
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(
+    argv: list[str] | None = None, description: str | None = None
+) -> argparse.Namespace:
+    """Parse the command line; `description` is the usage text --help prints above the options."""
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add = parser.add_argument
     add(
@@ -155,9 +150,9 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_ITEM_FAILED if result.errors else EXIT_OK
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, description: str | None = None) -> int:
     """Entry point: bad input ends with one line on stderr and exit code 2, no traceback."""
-    args = parse_args(argv)
+    args = parse_args(argv, description)
     try:
         return run(args)
     except InputError as error:
