@@ -69,6 +69,17 @@ def read_samples(root: str | Path) -> tuple[list[str], list[Sample]]:
     return classes, samples
 
 
+def image_files(folder: Path) -> list[Path]:
+    """Image files below `folder` (any depth), sorted; hidden files and folders are skipped."""
+    return sorted(
+        path
+        for path in folder.rglob("*")
+        if path.suffix.lower() in IMAGE_SUFFIXES
+        and path.is_file()
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+    )
+
+
 def _read_folders(root: Path) -> list[Sample]:
     class_dirs = sorted(
         entry for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith(".")
@@ -80,13 +91,7 @@ def _read_folders(root: Path) -> list[Sample]:
         )
     files: list[tuple[str, str]] = []  # (relative path, label)
     for class_dir in class_dirs:
-        images = sorted(
-            path
-            for path in class_dir.rglob("*")
-            if path.suffix.lower() in IMAGE_SUFFIXES
-            and path.is_file()
-            and not any(part.startswith(".") for part in path.relative_to(class_dir).parts)
-        )
+        images = image_files(class_dir)
         if not images:
             raise InputError(
                 f"Class folder {class_dir} has no images ({', '.join(sorted(IMAGE_SUFFIXES))}); "

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imgclf import __version__
-from imgclf.dataset.samples import IMAGE_SUFFIXES
+from imgclf.dataset.samples import IMAGE_SUFFIXES, image_files
 
 FETCH_TIMEOUT_S = 15.0
 # Refuse bodies above this size: a classifier input is never this large, a wrong URL may be.
@@ -36,16 +36,6 @@ def is_url(text: str) -> bool:
     return text.lower().startswith(("http://", "https://"))
 
 
-def _folder_images(folder: Path) -> list[Path]:
-    return sorted(
-        path
-        for path in folder.rglob("*")
-        if path.suffix.lower() in IMAGE_SUFFIXES
-        and path.is_file()
-        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
-    )
-
-
 def expand_inputs(arguments: Sequence[str]) -> list[Item]:
     """Items for files, URLs and (recursively, sorted) the images inside folders, in given order.
 
@@ -58,7 +48,7 @@ def expand_inputs(arguments: Sequence[str]) -> list[Item]:
         if is_url(argument) or path.is_file():
             items.append(Item(argument))
         elif path.is_dir():
-            images = _folder_images(path)
+            images = image_files(path)
             if not images:
                 suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
                 items.append(Item(argument, error=f"folder has no images ({suffixes})"))
