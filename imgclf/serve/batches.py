@@ -19,7 +19,7 @@ from PIL import UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from imgclf.imaging import open_rgb
+from imgclf.serve.decoding import decode_rgb
 from imgclf.serve.inputs import Item, read_item
 from imgclf.serve.predictor import Predictor
 
@@ -63,7 +63,7 @@ class ItemImages(Dataset):
             return Loaded(index, None, str(error), 0.0, 0.0)
         read_done = time.perf_counter()
         try:
-            tensor = self.preprocess(open_rgb(data))
+            tensor = self.preprocess(decode_rgb(data))
         except UnidentifiedImageError:
             return Loaded(index, None, "not an image (no image format recognised)", 0.0, 0.0)
         except Exception as error:  # any decoder failure is this item's failure only

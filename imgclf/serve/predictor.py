@@ -9,7 +9,9 @@ reuses the exported file next to it when that was exported from exactly this wei
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +19,14 @@ import torch
 from PIL import Image
 
 from imgclf.errors import InputError
-from imgclf.imaging import open_rgb
+from imgclf.serve.decoding import decode_rgb
 from imgclf.serve.export import (
     EXPORTERS,
     SUFFIXES,
     TORCHSCRIPT_SPEC_FILE,
     quiet_torchscript,
 )
+from imgclf.serve.single_image import SingleImageInput
 from imgclf.serve.spec import INPUT_NAME, OUTPUT_NAME, SPEC_KEY, ModelSpec, file_sha256
 from imgclf.train.weights import load_weights
 
@@ -59,31 +62,70 @@ class TorchScriptEngine:
 
 
 class OnnxRuntimeEngine:
-    """An ONNX Runtime CPU session with every graph optimisation on."""
+    """ONNX Runtime CPU sessions with every graph optimisation on: one for batches, and for a
+    single image the faster of that one and a one-thread session, measured on first use."""
 
     name = "onnxruntime"
 
+    # Timed calls per candidate when choosing the single-image session (after one untimed).
+    CHOICE_CALLS = 5
+
     def __init__(self, model: bytes | str) -> None:
+        self._model: bytes | str | None = model  # kept until the single-image choice is made
+        self.session = self.new_session(model, threads=0)
+        self._single = None
+        # Intra-op threads of the single-image session once chosen: 1, or 0 for the batch
+        # session (ORT's default, one thread per physical core).
+        self.single_threads: int | None = None
+
+    @staticmethod
+    def new_session(model: bytes | str, threads: int):
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # ORT's idle threads spin by default; between calls that burns the cores that torch's
+        options.intra_op_num_threads = threads
+        # ORT's idle threads spin by default; between calls that burns the cores that the
         # preprocessing (and any other process) needs. Measured on 2 cores, 224 px, full
-        # classify() of a 100x100 JPEG (torch at 2 threads):
-        #   mobilenet_v3_small: 2 threads no spin 2.14 ms, 2 threads spinning 4.9 ms,
-        #                       1 thread 1.5-1.6 ms;
-        #   resnet18:           2 threads no spin 13.7 ms, 1 thread 17.5 ms, and one thread
-        #                       halves batch throughput (resnet18 --predict folder 110 -> 63/s).
-        # So: 2 threads, no spinning. (torch.set_num_threads(1) around the preprocessing, then
-        # back, made the spinning full path ~5 ms: no way out either.)
+        # classify() of a 100x100 JPEG with 2 threads: no spinning 2.14 ms, spinning 4.9 ms.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = onnxruntime.InferenceSession(
-            model, options, providers=["CPUExecutionProvider"]
-        )
+        return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+    def single_image_session(self):
+        """The session for batches of one: of the batch session and a one-thread session, the
+        one that ran a 224 px image faster here (median of CHOICE_CALLS calls each).
+
+        Why measure: a one-image call of a small network is a chain of tiny operators, and
+        handing each to a second thread costs more than it saves. Measured on 2 cores, one
+        image, bare call: mobilenet_v3_small 0.92 ms on 1 thread, 1.42 ms on 2 threads;
+        resnet18 16.2 ms on 1 thread, 9.0 ms on 2 (README, Benchmarks). Batches keep every
+        core (batch 32: mobilenet 41 ms on 1 thread, 25 ms on 2). The choice costs one more
+        session and 2 x 6 calls once (mobilenet_v3_small: ~40 ms; resnet18: ~0.3 s).
+        """
+        if self._single is None:
+            candidates = {0: self.session}
+            if (os.cpu_count() or 1) > 1:
+                candidates[1] = self.new_session(self._model, threads=1)
+            image = np.zeros((1, *self._input_shape()), np.float32)
+            times: dict[int, list[float]] = {threads: [] for threads in candidates}
+            for call in range(self.CHOICE_CALLS + 1):
+                for threads, session in candidates.items():  # interleaved: drift hits both
+                    start = time.perf_counter()
+                    session.run([OUTPUT_NAME], {INPUT_NAME: image})
+                    if call:
+                        times[threads].append(time.perf_counter() - start)
+            self.single_threads = min(times, key=lambda threads: np.median(times[threads]))
+            self._single = candidates[self.single_threads]
+            self._model = None
+        return self._single
+
+    def _input_shape(self) -> tuple[int, ...]:
+        """(3, H, W) of the model input (H, W are fixed by the export)."""
+        return tuple(self.session.get_inputs()[0].shape[1:])
 
     def __call__(self, batch: torch.Tensor) -> np.ndarray:
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: batch.contiguous().numpy()})[0]
+        session = self.single_image_session() if batch.shape[0] == 1 else self.session
+        return session.run([OUTPUT_NAME], {INPUT_NAME: batch.contiguous().numpy()})[0]
 
 
 Engine = TorchEngine | TorchScriptEngine | OnnxRuntimeEngine
@@ -103,6 +145,7 @@ class Predictor:
         self.engine = engine
         self.source = source
         self.preset = spec.eval_preset()
+        self.single_input = SingleImageInput(self.preset)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -112,8 +155,9 @@ class Predictor:
     def backend(self) -> str:
         return self.engine.name
 
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """An upright RGB image → the normalised (3, img_size, img_size) input tensor."""
+    def preprocess(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
+        """An upright RGB image (PIL, or uint8 (3, H, W)) → the normalised (3, img_size,
+        img_size) input tensor."""
         return self.preset(image)
 
     def probabilities(self, batch: torch.Tensor) -> np.ndarray:
@@ -122,7 +166,8 @@ class Predictor:
 
     def classify(self, source: str | Path | bytes) -> np.ndarray:
         """Class probabilities (K,) of one image file or its bytes: decode, preprocess, model."""
-        return self.probabilities(self.preprocess(open_rgb(source))[None])[0]
+        data = source if isinstance(source, bytes) else Path(source).read_bytes()
+        return self.probabilities(self.single_input(decode_rgb(data)))[0]
 
     def warm_up(self, batch_size: int = 1, calls: int = 3) -> None:
         """Untimed calls, so lazy initialisation never lands in a measured latency.

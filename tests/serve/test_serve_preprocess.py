@@ -1,4 +1,5 @@
-"""The eval preset's fused functional steps equal torchvision's classic v2 pipeline."""
+"""The eval preset's fused functional steps equal torchvision's classic v2 pipeline, and the
+single-image path's copy of them equals the eval preset exactly."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from torchvision.transforms import v2
 
 from imgclf.dataset.presets import EvalPreset
 from imgclf.imaging import open_rgb
+from imgclf.serve.single_image import SingleImageInput
 from tests.conftest import DEMO_DATA
 
 
@@ -31,3 +33,18 @@ def test_eval_preset_equals_the_v2_compose_pipeline(img_size, size):
         assert ours.shape == expected.shape == (3, img_size, img_size)
         assert ours.dtype == torch.float32
         assert (ours - expected).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize(
+    ("img_size", "size"), [(224, (100, 100)), (64, (640, 480)), (32, (37, 90))]
+)
+def test_single_image_input_equals_the_eval_preset_exactly(img_size, size):
+    photo = open_rgb(sorted((DEMO_DATA / "2").glob("*.jpg"))[0]).resize(size)
+    preset = EvalPreset(img_size=img_size)
+    single = SingleImageInput(preset)
+    pixels = v2.functional.pil_to_tensor(photo)
+    batch = single(pixels)
+    assert batch.shape == (1, 3, img_size, img_size)
+    assert batch.is_contiguous()  # what ONNX Runtime reads, no copy on the way
+    assert torch.equal(batch[0], preset(photo))
+    assert single(pixels) is batch  # the buffer is reused, not reallocated
