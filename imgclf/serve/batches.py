@@ -22,6 +22,7 @@ from tqdm import tqdm
 from imgclf.serve.decoding import decode_rgb
 from imgclf.serve.inputs import Item, read_item
 from imgclf.serve.predictor import Predictor
+from imgclf.serve.single_image import one_torch_thread
 
 DEFAULT_BATCH_SIZE = 32
 
@@ -63,7 +64,8 @@ class ItemImages(Dataset):
             return Loaded(index, None, str(error), 0.0, 0.0)
         read_done = time.perf_counter()
         try:
-            tensor = self.preprocess(decode_rgb(data))
+            with one_torch_thread():  # already so in loader workers; the same in-process
+                tensor = self.preprocess(decode_rgb(data))
         except UnidentifiedImageError:
             return Loaded(index, None, "not an image (no image format recognised)", 0.0, 0.0)
         except Exception as error:  # any decoder failure is this item's failure only

@@ -9,9 +9,7 @@ reuses the exported file next to it when that was exported from exactly this wei
 
 from __future__ import annotations
 
-import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +24,7 @@ from imgclf.serve.export import (
     TORCHSCRIPT_SPEC_FILE,
     quiet_torchscript,
 )
-from imgclf.serve.single_image import SingleImageInput
+from imgclf.serve.single_image import SingleImageInput, one_torch_thread
 from imgclf.serve.spec import INPUT_NAME, OUTPUT_NAME, SPEC_KEY, ModelSpec, file_sha256
 from imgclf.train.weights import load_weights
 
@@ -62,66 +60,48 @@ class TorchScriptEngine:
 
 
 class OnnxRuntimeEngine:
-    """ONNX Runtime CPU sessions with every graph optimisation on: one for batches, and for a
-    single image the faster of that one and a one-thread session, measured on first use."""
+    """ONNX Runtime CPU sessions with every graph optimisation on: batches run on one thread
+    per core that sleeps when idle; a single image on a session whose idle threads spin."""
 
     name = "onnxruntime"
 
-    # Timed calls per candidate when choosing the single-image session (after one untimed).
-    CHOICE_CALLS = 5
-
     def __init__(self, model: bytes | str) -> None:
-        self._model: bytes | str | None = model  # kept until the single-image choice is made
-        self.session = self.new_session(model, threads=0)
+        self._model: bytes | str | None = model  # kept until the single-image session exists
+        self.session = self.new_session(model)
         self._single = None
-        # Intra-op threads of the single-image session once chosen: 1, or 0 for the batch
-        # session (ORT's default, one thread per physical core).
-        self.single_threads: int | None = None
 
     @staticmethod
-    def new_session(model: bytes | str, threads: int):
+    def new_session(model: bytes | str, *, threads: int = 0, spinning: bool = False):
+        """A CPU session with `threads` intra-op threads (0: ORT's default, one per core)."""
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads
-        # ORT's idle threads spin by default; between calls that burns the cores that the
-        # preprocessing (and any other process) needs. Measured on 2 cores, 224 px, full
-        # classify() of a 100x100 JPEG with 2 threads: no spinning 2.14 ms, spinning 4.9 ms.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.intra_op.allow_spinning", str(int(spinning)))
         return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
     def single_image_session(self):
-        """The session for batches of one: of the batch session and a one-thread session, the
-        one that ran a 224 px image faster here (median of CHOICE_CALLS calls each).
+        """The session for batches of one, created on first use (ORT's defaults: one thread
+        per core, idle threads spinning).
 
-        Why measure: a one-image call of a small network is a chain of tiny operators, and
-        handing each to a second thread costs more than it saves. Measured on 2 cores, one
-        image, bare call: mobilenet_v3_small 0.92 ms on 1 thread, 1.42 ms on 2 threads;
-        resnet18 16.2 ms on 1 thread, 9.0 ms on 2 (README, Benchmarks). Batches keep every
-        core (batch 32: mobilenet 41 ms on 1 thread, 25 ms on 2). The choice costs one more
-        session and 2 x 6 calls once (mobilenet_v3_small: ~40 ms; resnet18: ~0.3 s).
+        Measured on 2 cores, 224 px, bare call / full classify() of the 100x100 demo JPEG
+        (preprocessing on one torch thread, see Predictor.classify), in one run:
+          mobilenet_v3_small: spinning 0.60 / 1.00 ms, 1 thread 0.92 / 1.29 ms,
+                              2 threads not spinning 1.03 / 1.46 ms;
+          resnet18:           spinning 8.4 / 9.5 ms, 1 thread 16.3 / 17.3 ms,
+                              2 threads not spinning 8.8 / 9.7 ms.
+        A one-image call is a chain of small operators: a sleeping thread woken for each costs
+        more than it saves, a spinning one is already there. ORT's threads spin only briefly
+        after a call, but in a DataLoader run they would take CPU from the decoding workers,
+        so batches keep sleeping threads. Spinning next to torch's own OpenMP threads (which
+        spin too after torch's parallel work) is what made it slow before (4.9 ms for
+        mobilenet_v3_small): the single-image preprocessing now runs on one torch thread.
         """
         if self._single is None:
-            candidates = {0: self.session}
-            if (os.cpu_count() or 1) > 1:
-                candidates[1] = self.new_session(self._model, threads=1)
-            image = np.zeros((1, *self._input_shape()), np.float32)
-            times: dict[int, list[float]] = {threads: [] for threads in candidates}
-            for call in range(self.CHOICE_CALLS + 1):
-                for threads, session in candidates.items():  # interleaved: drift hits both
-                    start = time.perf_counter()
-                    session.run([OUTPUT_NAME], {INPUT_NAME: image})
-                    if call:
-                        times[threads].append(time.perf_counter() - start)
-            self.single_threads = min(times, key=lambda threads: np.median(times[threads]))
-            self._single = candidates[self.single_threads]
+            self._single = self.new_session(self._model, spinning=True)
             self._model = None
         return self._single
-
-    def _input_shape(self) -> tuple[int, ...]:
-        """(3, H, W) of the model input (H, W are fixed by the export)."""
-        return tuple(self.session.get_inputs()[0].shape[1:])
 
     def __call__(self, batch: torch.Tensor) -> np.ndarray:
         session = self.single_image_session() if batch.shape[0] == 1 else self.session
@@ -167,7 +147,9 @@ class Predictor:
     def classify(self, source: str | Path | bytes) -> np.ndarray:
         """Class probabilities (K,) of one image file or its bytes: decode, preprocess, model."""
         data = source if isinstance(source, bytes) else Path(source).read_bytes()
-        return self.probabilities(self.single_input(decode_rgb(data)))[0]
+        with one_torch_thread():
+            batch = self.single_input(decode_rgb(data))
+        return self.probabilities(batch)[0]
 
     def warm_up(self, batch_size: int = 1, calls: int = 3) -> None:
         """Untimed calls, so lazy initialisation never lands in a measured latency.

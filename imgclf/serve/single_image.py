@@ -11,11 +11,34 @@ instead of 1.66 ms in the same run). The result equals EvalPreset's exactly (tes
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torchvision.transforms.v2 import functional as F
 
 from imgclf.dataset.presets import EvalPreset
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """torch's intra-op parallelism off inside the block, restored after.
+
+    One image's decoding and preprocessing are too small to split: measured on 2 cores, the
+    640x480 photo took 0.88 ms on one torch thread and 1.10 ms on two (100x100: 0.21 and
+    0.24 ms). And torch's OpenMP threads spin after parallel work, on the cores ONNX Runtime's
+    threads need next (see OnnxRuntimeEngine.single_image_session). torch's thread count is
+    process-wide: torch work in other Python threads meanwhile runs on one thread too.
+    """
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class SingleImageInput:

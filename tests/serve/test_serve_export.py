@@ -108,16 +108,25 @@ def test_cli_export_and_predict_with_the_export(cli, fitted_weights, tiny_root, 
     assert "backend torchscript" in out
 
 
-def test_onnxruntime_chooses_its_single_image_session_once(exported):
+def test_onnxruntime_runs_single_images_on_their_own_session(exported):
     _, paths = exported
-    engine = load_predictor(paths["onnx"]).engine
-    assert engine.single_threads is None  # nothing measured until a single image comes
-    size = load_predictor(paths["onnx"]).spec.img_size
+    predictor = load_predictor(paths["onnx"])
+    engine = predictor.engine
+    size = predictor.spec.img_size
     batch = torch.randn(2, 3, size, size)
     logits = engine(batch)
     single = engine(batch[:1])
-    assert engine.single_threads in (0, 1)  # 0: the batch session, one thread per core
     chosen = engine.single_image_session()
-    engine(batch[:1])
-    assert engine.single_image_session() is chosen
+    assert chosen is not engine.session
+    assert (
+        chosen.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+        == "1"
+    )
+    assert (
+        engine.session.get_session_options().get_session_config_entry(
+            "session.intra_op.allow_spinning"
+        )
+        == "0"
+    )
+    assert engine.single_image_session() is chosen  # created once
     assert np.abs(single - logits[:1]).max() < PARITY
