@@ -27,7 +27,8 @@ CACHE_FOLDER = ".cache"
 
 
 class CachedImages(Dataset):
-    """Items (transform(uint8 CHW tensor), class index) read from the cache's memmap.
+    """Items (transform(uint8 CHW tensor), class index) read from the cache's memmap, or whole
+    batches (transform(uint8 NCHW tensor), class indices) through `__getitems__`.
 
     The memmap is opened lazily in each process: DataLoader workers re-open the file instead
     of receiving a pickled copy of the whole array.
@@ -44,13 +45,22 @@ class CachedImages(Dataset):
         return len(self.rows)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, target = self.__getitems__([index])
+        return image[0], int(target[0])
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images at `indices` as one batch, transformed together (the presets take
+        batches): one read from the cache and a few tensor operations instead of Python per
+        image. DataLoader calls this for each batch (see `loaders.pass_batch`)."""
         if self._images is None:
             self._images = np.load(self.images_path, mmap_mode="r")
-        # Copy the row out of the read-only map (torch wants writable memory); HWC → CHW.
-        image = torch.from_numpy(np.array(self._images[self.rows[index]])).permute(2, 0, 1)
+        # Fancy indexing copies the rows out of the read-only map (torch wants writable
+        # memory); NHWC → NCHW is a view, so the batch is channels-last as the model wants.
+        images = torch.from_numpy(self._images[[self.rows[i] for i in indices]])
+        images = images.permute(0, 3, 1, 2)
         if self.transform is not None:
-            image = self.transform(image)
-        return image, self.targets[index]
+            images = self.transform(images)
+        return images, torch.tensor([self.targets[i] for i in indices])
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -91,7 +101,8 @@ class PreparedData:
         return [index[sample.label] for sample in self.parts[part]]
 
     def dataset(self, part: str, transform=None) -> CachedImages:
-        """`part`'s images from the cache: items (transform(uint8 CHW tensor), class index)."""
+        """`part`'s images from the cache: items (transform(uint8 CHW tensor), class index),
+        or batches through `CachedImages.__getitems__`."""
         if part not in self.parts:
             raise KeyError(f"no part {part!r}; parts are {', '.join(self.parts)}")
         rows = [self.rows[sample.path] for sample in self.parts[part]]

@@ -32,6 +32,7 @@ from catalyst.runners.config import SupervisedConfigRunner
 from catalyst.utils.misc import get_by_keys
 
 from imgclf.dataset import build_loaders, prepare_data
+from imgclf.dataset.loaders import default_workers
 from imgclf.dataset.presets import EvalPreset, TrainPreset
 from imgclf.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, InputError
 from imgclf.fileio import atomic_write_json
@@ -232,14 +233,27 @@ class ImageClassifierRunner(SupervisedConfigRunner):
         return names
 
     def get_loaders(self, stage: str):
-        """Train / valid loaders over the cached images, with the presets from `data:`."""
+        """Train / valid loaders over the cache, with the presets from `data:`.
+
+        The presets run on whole batches where the batches are made: in the DataLoader
+        workers when there are any (the default with a GPU), else in this process on the
+        training device (`handle_batch`; the default without a GPU, where workers would only
+        compete with the model for the cores). On an H200 with 8 workers, augmenting in the
+        workers trained the demo at 1,787 images/s, on the GPU at 1,369 (README, Benchmarks).
+        """
         settings = self.data_settings
+        workers = default_workers() if settings.num_workers is None else settings.num_workers
+        transforms = {
+            "train": TrainPreset(img_size=settings.img_size, **settings.augment),
+            "valid": EvalPreset(img_size=settings.img_size),
+        }
+        self._batch_transforms = {} if workers else transforms
         return build_loaders(
             self.data,
             batch_size=settings.batch_size,
-            num_workers=settings.num_workers,
-            train_transform=TrainPreset(img_size=settings.img_size, **settings.augment),
-            eval_transform=EvalPreset(img_size=settings.img_size),
+            num_workers=workers,
+            train_transform=transforms["train"] if workers else None,
+            eval_transform=transforms["valid"] if workers else None,
             balanced=settings.balanced,
             seed=self.seed,
         )
@@ -287,10 +301,16 @@ class ImageClassifierRunner(SupervisedConfigRunner):
     # ------------------------------------------------------------------------ events
 
     def handle_batch(self, batch):
-        """Forward pass, with the images in channels-last layout when the model is."""
+        """Augment (train) or centre-crop (valid) a uint8 batch on the training device when
+        the loader left that to us, then the forward pass; images channels-last when the
+        model is."""
+        features = batch[self._input_key]
+        transform = self._batch_transforms.get(self.loader_key)
+        if transform is not None:
+            features = transform(features)
         if self.model_settings.channels_last:
-            features = batch[self._input_key]
-            batch[self._input_key] = features.contiguous(memory_format=torch.channels_last)
+            features = features.contiguous(memory_format=torch.channels_last)
+        batch[self._input_key] = features
         super().handle_batch(batch)
 
     def on_experiment_start(self, runner) -> None:

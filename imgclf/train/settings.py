@@ -41,6 +41,19 @@ def _number(
     return kind(value)
 
 
+def _workers(block: dict[str, Any]) -> int | None:
+    """data.num_workers: a count, or "auto" (the default) → None."""
+    if block.get("num_workers", "auto") == "auto":
+        return None
+    try:
+        return _number(block, "data", "num_workers", None, int, 0)
+    except InputError:
+        value = block["num_workers"]
+        raise InputError(
+            f"data.num_workers is {value!r}; it must be auto or an integer at least 0."
+        ) from None
+
+
 @dataclass(frozen=True)
 class DataSettings:
     """The `data:` block: what the dataset stage needs and how batches are formed."""
@@ -49,7 +62,7 @@ class DataSettings:
     img_size: int = 64
     val_fraction: float = 0.15
     batch_size: int = 64
-    num_workers: int = 2
+    num_workers: int | None = None  # None: "auto", see imgclf.dataset.loaders.default_workers
     cache_dir: Path | None = None
     balanced: bool = False
     augment: dict[str, Any] = field(default_factory=dict)
@@ -84,7 +97,7 @@ class DataSettings:
                 block, "data", "val_fraction", cls.val_fraction, float, 0.01, 0.9
             ),
             batch_size=_number(block, "data", "batch_size", cls.batch_size, int, 1),
-            num_workers=_number(block, "data", "num_workers", cls.num_workers, int, 0),
+            num_workers=_workers(block),
             cache_dir=Path(cache_dir) if cache_dir else None,
             balanced=bool(block.get("balanced", False)),
             augment=augment,

@@ -121,8 +121,9 @@ def test_unwritable_cache_folder_is_an_input_error(tiny_image_folder: Path, tmp_
         locked.chmod(0o700)
 
 
-def worker_niceness(image: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(os.nice(0))
+def worker_niceness(images: torch.Tensor) -> torch.Tensor:
+    """A stand-in transform: each image of the batch becomes the niceness of its process."""
+    return torch.full((len(images),), os.nice(0))
 
 
 def test_workers_run_at_low_priority(tiny_image_folder: Path):

@@ -58,14 +58,29 @@ def test_every_config_builds_its_components(override, tiny_image_folder, tmp_pat
     callbacks = built["callbacks"].values()
     for kind in (CheckpointCallback, ThroughputCallback, HistoryCallback):
         assert any(callback_isinstance(callback, kind) for callback in callbacks), kind
+    # Without workers: uint8 batches at the cache's side; the presets run on them in
+    # handle_batch, on the training device.
     batch, targets = next(iter(runner.loaders["train"]))
-    assert batch.shape[1:] == (3, 32, 32) and targets.dtype == torch.int64
+    assert batch.dtype == torch.uint8 and batch.shape[1:] == (3, 37, 37)
+    assert targets.dtype == torch.int64
+    for loader, transform in runner._batch_transforms.items():
+        assert transform(batch).shape[1:] == (3, 32, 32), loader
     if override and override.name == "ddp.yaml":
         engine = built["engine"]
         assert isinstance(engine, AutoDistributedEngine)
         assert engine.process_group_kwargs["backend"] == (
             "nccl" if torch.cuda.is_available() else "gloo"
         )
+
+
+def test_with_workers_the_presets_run_in_the_workers(tiny_image_folder, tmp_path):
+    overrides = tiny_overrides(tmp_path, tiny_image_folder, data={"num_workers": 1})
+    runner = make_runner(merged_config(CONFIGS / "config.yaml", overrides=overrides))
+    loaders = runner.get_loaders("train")
+    assert runner._batch_transforms == {}  # nothing left for handle_batch
+    for loader in loaders.values():
+        batch, _ = next(iter(loader))
+        assert batch.dtype == torch.float32 and batch.shape[1:] == (3, 32, 32)
 
 
 def test_resnet18_override_changes_only_the_architecture(tiny_image_folder, tmp_path):
@@ -156,6 +171,7 @@ BAD_CONFIGS = {
     "no validation images": ({"data": {"root": "{tmp}/lonely"}}, "too few images for a valid"),
     "bad image size": ({"data": {"img_size": -3}}, "data.img_size is -3"),
     "bad batch size": ({"data": {"batch_size": "big"}}, "data.batch_size is 'big'"),
+    "bad worker count": ({"data": {"num_workers": "many"}}, "must be auto or an integer"),
     "no train stage": ({}, "has no stage 'train'"),
     "zero epochs": ({"stages": {"train": {"num_epochs": 0}}}, "stages.train.num_epochs is 0"),
     "missing pretrained file": ({"model": {"pretrained": "{tmp}/none.pth"}}, "neither"),
