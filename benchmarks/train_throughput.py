@@ -8,11 +8,15 @@ For each architecture and image size, images/s of training steps (forward, backw
 step; channels-last) fed by:
   ceiling  random tensors already in memory: no data loading at all (the model's limit);
   cold     imgclf.dataset from an empty cache folder: reading the folder, decoding every image
-           into the cache, then one epoch (the first epoch of a fresh run);
-  warm     the next epoch: augmenting from the cache in --workers DataLoader workers;
-  warm0    the same with num_workers=0 (augmentation in the training process);
-  folder   torchvision ImageFolder decoding every JPEG every epoch, with the same augmentation,
-           model, batch size and workers: the loop most people write.
+           into the cache, then one epoch (the first epoch of a fresh run), with the default
+           `num_workers: auto` (0 workers without a GPU: augmentation in the training process);
+  warm     the next epoch, as a default run makes it: batches from the cache augmented whole
+           (TrainPreset) in the training process on its device when `auto` gives 0 workers,
+           else in the workers;
+  workers  the same with --workers DataLoader workers (augmenting in the workers);
+  folder   torchvision ImageFolder decoding every JPEG every epoch, the same augmentation steps
+           as v2 transforms per image, the same model, batch size and workers: the loop most
+           people write.
 Epochs are cut to --batches timed batches (cold is extrapolated to the whole train part) so a
 full run stays within a few minutes on 2 cores. Each round measures every feeder in turn and the
 medians over --rounds rounds are printed, so load from other processes hits all of them alike.
@@ -35,20 +39,26 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
+from torchvision.transforms import v2
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from imgclf.dataset import PreparedData, build_loaders, prepare_data  # noqa: E402
-from imgclf.dataset.presets import EvalPreset, TrainPreset  # noqa: E402
+from imgclf.dataset.loaders import default_workers  # noqa: E402
+from imgclf.dataset.presets import (  # noqa: E402
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    TrainPreset,
+)
 from imgclf.train.models import ARCHITECTURES, build_model  # noqa: E402
 
 DEMO = ROOT / "data" / "demo" / "sign_language_digits"
-COLUMNS = ("ceiling", "cold", "warm", "warm0", "folder")
+COLUMNS = ("ceiling", "cold", "warm", "workers", "folder")
 # printed ratio → (numerator, denominator) columns
 RATIOS = {
     "warm/ceil": ("warm", "ceiling"),
-    "warm0/ceil": ("warm0", "ceiling"),
+    "workers/ceil": ("workers", "ceiling"),
     "warm/folder": ("warm", "folder"),
     "cold/folder": ("cold", "folder"),
 }
@@ -73,34 +83,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="if set, benchmark a temporary copy of --data enlarged to this shorter side (px)",
     )
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="where the model trains (the data pipeline runs on the CPU either way)",
+    )
     return parser.parse_args(argv)
 
 
 class Trainer:
     """One model + optimiser; `run(batches)` trains on them and returns images/s."""
 
-    def __init__(self, arch: str, num_classes: int, channels_last: bool) -> None:
+    def __init__(self, arch: str, num_classes: int, channels_last: bool, device: str) -> None:
         torch.manual_seed(0)
+        self.device = torch.device(device)
         self.model = build_model(arch, num_classes).train()
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.model = self.model.to(memory_format=self.memory_format)
+        self.model = self.model.to(self.device, memory_format=self.memory_format)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-3)
         self.loss = nn.CrossEntropyLoss()
 
-    def step(self, images: torch.Tensor, targets: torch.Tensor) -> None:
+    def step(self, images: torch.Tensor, targets: torch.Tensor, transform=None) -> None:
+        images = images.to(self.device, non_blocking=True)
+        if transform is not None:  # on the device, as ImageClassifierRunner.handle_batch does
+            images = transform(images)
         images = images.contiguous(memory_format=self.memory_format)
+        targets = targets.to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
         self.loss(self.model(images), targets).backward()
         self.optimizer.step()
 
-    def run(self, batches: Iterable, limit: int) -> float:
-        """Train on up to `limit` batches; images/s including the time spent waiting for data."""
+    def run(self, batches: Iterable, limit: int, transform=None) -> float:
+        """Train on up to `limit` batches, each passed through `transform` on the device first;
+        images/s including the time spent waiting for data."""
         seen, start = 0, time.perf_counter()
         for index, (images, targets) in enumerate(batches):
             if index == limit:
                 break
-            self.step(images, targets)
+            self.step(images, targets, transform)
             seen += len(targets)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the GPU runs behind the Python loop
         return seen / (time.perf_counter() - start)
 
 
@@ -108,45 +131,65 @@ def ceiling(trainer: Trainer, args: argparse.Namespace, size: int, classes: int)
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(args.batch_size, 3, size, size, generator=generator)
     targets = torch.randint(0, classes, (args.batch_size,), generator=generator)
+    images, targets = images.to(trainer.device), targets.to(trainer.device)
     return trainer.run([(images, targets)] * args.batches, args.batches)
 
 
 def pipeline(trainer: Trainer, args: argparse.Namespace, size: int) -> tuple[float, ...]:
-    """(cold, warm, warm in-process) images/s of full training epochs through imgclf.dataset.
+    """(cold, warm, warm with workers) images/s of training epochs through imgclf.dataset.
 
     cold: from an empty cache folder, reading the folder and building the cache (all images,
     every part) plus one epoch: its first --batches batches timed (workers starting), the
     rest of the train part counted at the warm rate.
-    warm: the next epoch, the cache built and the --workers DataLoader workers started.
-    warm in-process: the same with num_workers=0, augmentation between the training steps.
+    warm: the next epoch, the cache built (and any DataLoader workers started).
+    warm with workers: the same with --workers DataLoader workers.
     """
     with tempfile.TemporaryDirectory(prefix="imgclf-bench-cache-") as cache_dir:
         start = time.perf_counter()
         data = prepare_data(args.data, img_size=size, cache_dir=cache_dir, progress=False)
-        loaders = loaders_for(data, args, size, args.workers)
+        batches, augment = train_batches(data, args, size, default_workers())
         setup = time.perf_counter() - start
         timed = args.batches * args.batch_size
-        first_batches = timed / trainer.run(loaders["train"], args.batches)  # seconds
-        warm = trainer.run(loaders["train"], args.batches)
+        first_batches = timed / trainer.run(batches, args.batches, augment)  # seconds
+        warm = trainer.run(batches, args.batches, augment)
         # The rest of a cold epoch runs at the warm rate: the cache is complete by then.
         epoch = len(data.parts["train"])
         cold = epoch / (setup + first_batches + max(0, epoch - timed) / warm)
-        in_process = trainer.run(loaders_for(data, args, size, 0)["train"], args.batches)
-        return cold, warm, in_process
+        batches, augment = train_batches(data, args, size, args.workers)
+        trainer.run(batches, 1, augment)  # start the workers outside the timing
+        with_workers = trainer.run(batches, args.batches, augment)
+        return cold, warm, with_workers
 
 
-def loaders_for(data: PreparedData, args: argparse.Namespace, size: int, workers: int):
-    return build_loaders(
+def train_batches(data: PreparedData, args: argparse.Namespace, size: int, workers: int):
+    """(train loader, transform for the training loop) as ImageClassifierRunner sets them up:
+    TrainPreset in the DataLoader workers when there are any, else on the training device."""
+    preset = TrainPreset(img_size=size)
+    loaders = build_loaders(
         data,
         batch_size=args.batch_size,
         num_workers=workers,
-        train_transform=TrainPreset(img_size=size),
-        eval_transform=EvalPreset(img_size=size),
+        train_transform=preset if workers else None,
+    )
+    return loaders["train"], None if workers else preset
+
+
+def usual_transform(size: int) -> v2.Compose:
+    """The per-image train transform most people write: the same steps as TrainPreset."""
+    return v2.Compose(
+        [
+            v2.PILToTensor(),
+            v2.RandomResizedCrop(size, scale=(0.25, 1.0), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
     )
 
 
 def imagefolder(trainer: Trainer, args: argparse.Namespace, size: int) -> float:
-    dataset = ImageFolder(str(args.data), transform=TrainPreset(img_size=size))
+    dataset = ImageFolder(str(args.data), transform=usual_transform(size))
     loader = DataLoader(
         dataset,
         batch_size=args.batch_size,
@@ -162,15 +205,15 @@ def imagefolder(trainer: Trainer, args: argparse.Namespace, size: int) -> float:
 def measure(arch: str, size: int, classes: int, args: argparse.Namespace) -> dict[str, list]:
     """images/s of each feeder in each of --rounds rounds; every round measures all feeders
     in turn, so that load from other processes hits them alike."""
-    trainer = Trainer(arch, classes, args.channels_last)
+    trainer = Trainer(arch, classes, args.channels_last, args.device)
     ceiling(trainer, args, size, classes)  # warm-up: allocator, kernels
     rounds: dict[str, list[float]] = {name: [] for name in COLUMNS}
     for _ in range(args.rounds):
         rounds["ceiling"].append(ceiling(trainer, args, size, classes))
-        cold, warm, warm0 = pipeline(trainer, args, size)
+        cold, warm, with_workers = pipeline(trainer, args, size)
         rounds["cold"].append(cold)
         rounds["warm"].append(warm)
-        rounds["warm0"].append(warm0)
+        rounds["workers"].append(with_workers)
         rounds["folder"].append(imagefolder(trainer, args, size))
     return rounds
 
@@ -209,9 +252,13 @@ def main(argv: list[str] | None = None) -> None:
 def report(args: argparse.Namespace) -> None:
     classes = len([p for p in args.data.iterdir() if p.is_dir() and not p.name.startswith(".")])
     print(
-        f"{args.data}: {classes} classes; batch {args.batch_size}, {args.workers} workers, "
+        f"{args.data}: {classes} classes; batch {args.batch_size}, "
+        f"{default_workers()} workers by default (auto), "
+        f"{args.workers} in 'workers' and 'folder', "
         f"{args.batches} timed batches per epoch, median of {args.rounds} rounds, "
-        f"{torch.get_num_threads()} torch threads, "
+        f"{torch.get_num_threads()} torch threads, device {args.device}"
+        + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else "")
+        + ", "
         f"channels_last={args.channels_last}"
     )
     header = (
