@@ -74,11 +74,6 @@ COVERAGE: dict[str, str] = {
     ),
     ".venv/bin/python -m pytest tests/train -q": "ci",
     ".venv/bin/python -m pytest tests/train -q -m 'not slow'": "ci",
-    # how the measured demo result in training.md was produced (root.yaml: the reader's paths)
-    "flock /tmp/imgclf-cpu.lock .venv/bin/catalyst-dl run --config configs/config.yaml "
-    "configs/demo.yaml root.yaml": "record",
-    "flock /tmp/imgclf-cpu.lock .venv/bin/catalyst-dl run --config configs/config.yaml "
-    "configs/demo.yaml root.yaml --seed 7": "record",
     # the BatchNorm momentum comparison in training.md (bn.yaml: the reader's paths)
     "flock /tmp/imgclf-cpu.lock .venv/bin/catalyst-dl run --config configs/config.yaml bn.yaml": (
         "record"
