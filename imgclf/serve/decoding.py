@@ -2,10 +2,11 @@
 
 For an ordinary 8-bit JPEG (baseline or progressive, grey or colour) torchvision's libjpeg-turbo
 decoder writes the tensor directly, with no PIL image in between and no copy into a tensor:
-measured 0.03 ms instead of 0.12 ms for a 100x100 demo photo, 0.39 ms instead of 0.63 ms at
-640x480 (README, Benchmarks). Pillow decodes with libjpeg-turbo too, at the same default settings
-(accurate integer IDCT, smooth chroma upsampling), so the pixels are the same: equal on every
-demo photo, for each of the 8 EXIF orientations, grey and 4:4:4 JPEGs (tests/serve).
+bytes to tensor took 0.04 ms instead of 0.12 ms (Pillow + pil_to_tensor) for a 100x100 demo
+photo, 0.39 ms instead of 0.63 ms at 640x480 (2 cores, median of 300 calls). Pillow decodes
+with libjpeg-turbo too, at the same default settings (accurate integer IDCT, smooth chroma
+upsampling), so the pixels are the same: equal on every demo photo, for each of the 8 EXIF
+orientations, grey and 4:4:4 JPEGs (tests/serve).
 
 Everything else goes through `open_rgb`, so its colour handling, size limit and error messages
 stay the only ones: other formats, CMYK / 12-bit / arithmetic-coded / lossless JPEGs, a JPEG whose

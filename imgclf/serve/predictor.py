@@ -92,11 +92,13 @@ class OnnxRuntimeEngine:
           resnet18:           spinning 8.4 / 9.5 ms, 1 thread 16.3 / 17.3 ms,
                               2 threads not spinning 8.8 / 9.7 ms.
         A one-image call is a chain of small operators: a sleeping thread woken for each costs
-        more than it saves, a spinning one is already there. ORT's threads spin only briefly
-        after a call, but in a DataLoader run they would take CPU from the decoding workers,
-        so batches keep sleeping threads. Spinning next to torch's own OpenMP threads (which
-        spin too after torch's parallel work) is what made it slow before (4.9 ms for
-        mobilenet_v3_small): the single-image preprocessing now runs on one torch thread.
+        more than it saves, a spinning one is already there. The price: after each call the
+        idle threads keep spinning for a while before they sleep (measured: 34 ms of CPU in the
+        second after one mobilenet_v3_small call). In a DataLoader run that would take CPU from
+        the decoding workers, so batches keep sleeping threads. Spinning next to torch's own
+        OpenMP threads (which spin too after torch's parallel work) is what made it slow
+        before (4.9 ms for mobilenet_v3_small): the single-image preprocessing now runs on one
+        torch thread.
         """
         if self._single is None:
             self._single = self.new_session(self._model, spinning=True)
@@ -137,8 +139,9 @@ class Predictor:
 
     def preprocess(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
         """An upright RGB image (PIL, or uint8 (3, H, W)) → the normalised (3, img_size,
-        img_size) input tensor."""
-        return self.preset(image)
+        img_size) input tensor (on one torch thread: see one_torch_thread)."""
+        with one_torch_thread():
+            return self.preset(image)
 
     def probabilities(self, batch: torch.Tensor) -> np.ndarray:
         """Class probabilities (B, K) for a preprocessed batch (B, 3, H, W)."""
