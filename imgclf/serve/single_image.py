@@ -2,10 +2,9 @@
 
 `EvalPreset` returns a fresh tensor in the image's channels-last layout; the engine then copies
 it into the contiguous NCHW layout ONNX Runtime reads. For a batch that is lost in the model time,
-for one 224 px image it is not: the same steps (v2's resize and centre-crop kernels on plain
-tensors, then the fused scale-and-offset) writing straight into a preallocated (1, 3, S, S)
-tensor took 0.22 ms less per classify() (mobilenet_v3_small, 100x100 photo, 2 cores: 1.44 ms
-instead of 1.66 ms in the same run). The result equals EvalPreset's exactly (tests/serve).
+for one 224 px image it is not: the preset writing straight into a preallocated (1, 3, S, S)
+tensor (its `out=`) took 0.22 ms less per classify() (mobilenet_v3_small, 100x100 photo, 2
+cores: 1.44 ms instead of 1.66 ms in the same run).
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-from torchvision.transforms.v2 import functional as F
 
 from imgclf.dataset.presets import EvalPreset
 
@@ -48,19 +46,13 @@ class SingleImageInput:
     """
 
     def __init__(self, preset: EvalPreset) -> None:
-        self.resize_size = preset.resize_size
-        self.img_size = preset.img_size
-        # EvalPreset's fused normalisation, computed with the same float32 operations.
-        std = torch.tensor(preset.std).view(-1, 1, 1)
-        self._scale = 1 / (255 * std)
-        self._neg_offset = -torch.tensor(preset.mean).view(-1, 1, 1) / std
+        self.preset = preset
         self._local = threading.local()
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         buffer = getattr(self._local, "buffer", None)
         if buffer is None:
-            buffer = self._local.buffer = torch.empty(1, 3, self.img_size, self.img_size)
-        image = F.resize_image(pixels, [self.resize_size], antialias=True)
-        image = F.center_crop_image(image, [self.img_size])
-        torch.addcmul(self._neg_offset, image, self._scale, out=buffer[0])
+            size = self.preset.img_size
+            buffer = self._local.buffer = torch.empty(1, 3, size, size)
+        self.preset(pixels, out=buffer[0])
         return buffer
