@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from imgclf.dataset import PreparedData, build_loaders, prepare_data  # noqa: E402
-from imgclf.dataset.loaders import default_workers  # noqa: E402
+from imgclf.dataset.loaders import default_workers, place_transforms  # noqa: E402
 from imgclf.dataset.presets import (  # noqa: E402
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -164,14 +164,14 @@ def pipeline(trainer: Trainer, args: argparse.Namespace, size: int) -> tuple[flo
 def train_batches(data: PreparedData, args: argparse.Namespace, size: int, workers: int):
     """(train loader, transform for the training loop) as ImageClassifierRunner sets them up:
     TrainPreset in the DataLoader workers when there are any, else on the training device."""
-    preset = TrainPreset(img_size=size)
+    in_loaders, in_training = place_transforms(workers, {"train": TrainPreset(img_size=size)})
     loaders = build_loaders(
         data,
         batch_size=args.batch_size,
         num_workers=workers,
-        train_transform=preset if workers else None,
+        train_transform=in_loaders.get("train"),
     )
-    return loaders["train"], None if workers else preset
+    return loaders["train"], in_training.get("train")
 
 
 def usual_transform(size: int) -> v2.Compose:

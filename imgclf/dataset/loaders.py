@@ -72,7 +72,7 @@ def default_workers() -> int:
 
     Without a GPU: 0. The batched augmentation costs a few percent of a training step, and
     worker processes only compete with the model for the same cores (measured on 2 cores,
-    mobilenet_v3_small at 96 px: 0.94 of the ceiling in-process, 0.77 with 2 workers; README,
+    mobilenet_v3_small at 96 px: 0.94 of the ceiling in-process, 0.75 with 2 workers; README,
     Benchmarks). With GPUs: the CPU cores per GPU process less one for the process itself
     (at most 8), so that augmentation overlaps the GPU's step.
     """
@@ -80,6 +80,16 @@ def default_workers() -> int:
     if gpus == 0:
         return 0
     return max(0, min(8, (os.cpu_count() or 1) // gpus - 1))
+
+
+def place_transforms(num_workers: int, transforms: dict) -> tuple[dict, dict]:
+    """(transforms for `build_loaders`, transforms for the training loop), by loader name.
+
+    The presets run on whole batches where the batches are made: in the DataLoader workers
+    when there are any, else in the training process on the training device, the loaders then
+    handing out uint8 batches.
+    """
+    return (transforms, {}) if num_workers else ({}, transforms)
 
 
 def pass_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,7 +32,7 @@ from catalyst.runners.config import SupervisedConfigRunner
 from catalyst.utils.misc import get_by_keys
 
 from imgclf.dataset import build_loaders, prepare_data
-from imgclf.dataset.loaders import default_workers
+from imgclf.dataset.loaders import default_workers, place_transforms
 from imgclf.dataset.presets import EvalPreset, TrainPreset
 from imgclf.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, InputError
 from imgclf.fileio import atomic_write_json
@@ -243,17 +243,19 @@ class ImageClassifierRunner(SupervisedConfigRunner):
         """
         settings = self.data_settings
         workers = default_workers() if settings.num_workers is None else settings.num_workers
-        transforms = {
-            "train": TrainPreset(img_size=settings.img_size, **settings.augment),
-            "valid": EvalPreset(img_size=settings.img_size),
-        }
-        self._batch_transforms = {} if workers else transforms
+        in_loaders, self._batch_transforms = place_transforms(
+            workers,
+            {
+                "train": TrainPreset(img_size=settings.img_size, **settings.augment),
+                "valid": EvalPreset(img_size=settings.img_size),
+            },
+        )
         return build_loaders(
             self.data,
             batch_size=settings.batch_size,
             num_workers=workers,
-            train_transform=transforms["train"] if workers else None,
-            eval_transform=transforms["valid"] if workers else None,
+            train_transform=in_loaders.get("train"),
+            eval_transform=in_loaders.get("valid"),
             balanced=settings.balanced,
             seed=self.seed,
         )
