@@ -1,8 +1,9 @@
 """`python utils/inference.py --predict PATH ...`: top-k classes per image, with latency.
 
-Latency is measured on the real run after one untimed warm-up call: per image, the decode +
-preprocess time in its loader worker and its share of its batch's model call (with batch size 1,
-exactly that image's model call). Reading the file or URL is reported apart (`read_ms`).
+Latency is measured on the real run, after untimed warm-up calls of the model and of decoding +
+preprocessing (in each loader worker): per image, the decode + preprocess time in its loader
+worker and its share of its batch's model call (with batch size 1, exactly that image's model
+call). Reading the file or URL is reported apart (`read_ms`).
 """
 
 from __future__ import annotations
