@@ -8,7 +8,9 @@ import socket
 
 import numpy as np
 import pytest
+import torch
 
+from imgclf.serve.batches import ItemImages
 from imgclf.serve.prediction import predict_paths
 from imgclf.serve.predictor import load_predictor
 from tests.support.loopback import LoopbackServer, respond
@@ -123,3 +125,15 @@ def test_classify_one_image_matches_the_batched_path(fitted_weights, tiny_root):
     batched = predict_paths(fitted_weights, [str(image)], workers=0).payload["results"][0]["top"]
     assert probabilities.argmax() == 2  # circle, square, triangle
     assert probabilities.max() == pytest.approx(batched[0]["probability"], abs=1e-6)
+
+
+def test_warm_up_decodes_and_preprocesses_a_real_jpeg(fitted_weights):
+    preset = load_predictor(fitted_weights).preset
+    seen = []
+
+    def recording_preset(pixels):
+        seen.append((tuple(pixels.shape), pixels.dtype))
+        return preset(pixels)
+
+    ItemImages([], recording_preset).warm_up(calls=2)
+    assert seen == [((3, 48, 64), torch.uint8)] * 2
