@@ -45,7 +45,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torchvision import transforms
-from torchvision.transforms.v2.functional import resize_image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -171,7 +170,7 @@ def fixed_steps_then_bare(predictor, path: Path, ready: torch.Tensor) -> None:
     engine's bare call on a ready tensor."""
     data = path.read_bytes()
     with one_torch_thread():
-        resize_image(decode_rgb(data), [predictor.preset.resize_size], antialias=True)
+        predictor.preset.resize(decode_rgb(data))
     predictor.engine(ready)
 
 
