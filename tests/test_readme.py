@@ -38,9 +38,9 @@ EVALUATION_TEST = "tests/serve/test_serve_evaluation.py::"
 PREDICT_TEST = "tests/serve/test_serve_predict.py::"
 EXPORT_TEST = "tests/serve/test_serve_export.py::"
 COVERAGE: dict[str, str] = {
-    # README.md, CI
+    # README.md (quick start), CI
     "make test": "ci",
-    # README: download
+    # README.md and docs/download.md
     "python utils/download_data.py --urls data/urls --out data/images": (
         FAULTS_TEST + "test_run_completes_with_one_row_per_url_in_input_order"
     ),
@@ -57,9 +57,9 @@ COVERAGE: dict[str, str] = {
     "python utils/download_data.py --help": (
         INPUT_TEST + "test_help_lists_every_option_with_its_default"
     ),
-    # how the download benchmark table in download.md was produced
+    # how the download benchmark table in docs/benchmarks.md was produced
     "flock /tmp/imgclf-cpu.lock .venv/bin/python benchmarks/download.py": "record",
-    # README: training
+    # README.md and docs/training.md
     "catalyst-dl run --config configs/config.yaml": (
         TRAIN_TEST + "test_run_leaves_weights_picture_logs_and_table"
     ),
@@ -74,11 +74,13 @@ COVERAGE: dict[str, str] = {
     ),
     ".venv/bin/python -m pytest tests/train -q": "ci",
     ".venv/bin/python -m pytest tests/train -q -m 'not slow'": "ci",
-    # the BatchNorm momentum comparison in training.md (bn.yaml: the reader's paths)
+    # docs/development.md: the dataset tests
+    ".venv/bin/python -m pytest tests/dataset -q": "ci",
+    # the BatchNorm momentum comparison in docs/training.md (bn.yaml: the reader's paths)
     "flock /tmp/imgclf-cpu.lock .venv/bin/catalyst-dl run --config configs/config.yaml bn.yaml": (
         "record"
     ),
-    # README: evaluation
+    # README.md and docs/evaluation.md
     "python utils/inference.py --split valid": (
         EVALUATION_TEST + "test_bad_input_is_one_line_and_exit_2"
     ),
@@ -106,9 +108,9 @@ COVERAGE: dict[str, str] = {
     "python utils/inference.py --backend onnxruntime": (
         EVALUATION_TEST + "test_every_backend_gives_the_same_report"
     ),
-    # how the inference benchmark table in evaluation.md was produced
+    # how the inference benchmark table in docs/benchmarks.md was produced
     "flock /tmp/imgclf-cpu.lock .venv/bin/python benchmarks/inference.py": "record",
-    # README: demo and docker
+    # README.md, docs/development.md (make demo) and docs/docker.md
     "make demo": DEMO_TEST + "test_make_demo_runs_the_whole_pipeline",
     "make demo 'DEMO_ARGS=--per-class 20 --config my_quick.yaml'": (
         DEMO_TEST + "test_make_demo_runs_the_whole_pipeline"
