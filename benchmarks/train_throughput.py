@@ -51,7 +51,7 @@ from imgclf.dataset.presets import (  # noqa: E402
     IMAGENET_STD,
     TrainPreset,
 )
-from imgclf.train.models import ARCHITECTURES, build_model  # noqa: E402
+from imgclf.model.factory import ARCHITECTURES, build_model  # noqa: E402
 
 DEMO = ROOT / "data" / "demo" / "sign_language_digits"
 COLUMNS = ("ceiling", "cold", "warm", "workers", "folder")

@@ -18,10 +18,10 @@ import catalyst
 import torch
 import torchvision
 
-from imgclf.dataset.presets import EvalPreset
 from imgclf.fileio import atomic_write
+from imgclf.model.preprocessing import Preprocessing
+from imgclf.model.weights import WeightsFile, save_weights
 from imgclf.train.callbacks import read_history
-from imgclf.train.weights import WeightsFile, save_weights
 
 SPLIT_FILE = "split.json"
 CHECKPOINTS = "checkpoints"
@@ -45,7 +45,7 @@ def run_info(logdir: str | Path) -> dict[str, Any]:
     return json.loads((Path(logdir) / SPLIT_FILE).read_text(encoding="utf-8"))
 
 
-def export_weights(
+def save_best_weights(
     logdir: str | Path, path: str | Path, *, arch: str, config: dict[str, Any]
 ) -> WeightsFile:
     """Write the best checkpoint's model as a self-contained weights file at `path`."""
@@ -54,15 +54,11 @@ def export_weights(
     valid = checkpoint.get("epoch_metrics", {}).get("valid", {})
     metrics = {name: valid[key] for key, name in EXPORTED_METRICS.items() if key in valid}
     metrics["epoch"] = checkpoint.get("global_epoch_step")
-    preset = EvalPreset(img_size=info["img_size"])
     weights = WeightsFile(
         arch=arch,
         classes=info["classes"],
         state_dict=checkpoint["model_state_dict"],
-        img_size=preset.img_size,
-        resize_size=preset.resize_size,
-        mean=preset.mean,
-        std=preset.std,
+        preprocessing=Preprocessing.for_img_size(info["img_size"]),
         split=info["split"],
         class_counts=info["class_counts"],
         metrics=metrics,

@@ -33,18 +33,19 @@ from catalyst.utils.misc import get_by_keys
 
 from imgclf.dataset import build_loaders, prepare_data
 from imgclf.dataset.loaders import default_workers, place_transforms
-from imgclf.dataset.presets import EvalPreset, TrainPreset
-from imgclf.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, InputError
+from imgclf.dataset.presets import TrainPreset
+from imgclf.errors import EXIT_INTERRUPTED, InputError, report_input_error
 from imgclf.fileio import atomic_write_json
+from imgclf.model.factory import build_model, freeze_backbone, set_batchnorm_momentum
+from imgclf.model.preprocessing import EvalPreset, Preprocessing
 from imgclf.train.callbacks import HistoryCallback, ThroughputCallback
 from imgclf.train.export import (
     CHECKPOINTS,
     SPLIT_FILE,
-    export_weights,
     plot_history,
+    save_best_weights,
     summary_table,
 )
-from imgclf.train.models import build_model, freeze_backbone, set_batchnorm_momentum
 from imgclf.train.settings import (
     DataSettings,
     ExportSettings,
@@ -59,8 +60,7 @@ warnings.filterwarnings("ignore", message="Converting a tensor with requires_gra
 
 def exit_for_input_error(error: InputError) -> None:
     """Print the one-sentence error and leave with exit code 2 (no traceback)."""
-    print(f"error: {error}", file=sys.stderr)
-    raise SystemExit(EXIT_BAD_INPUT)
+    raise SystemExit(report_input_error(error, "catalyst-dl run"))
 
 
 # The runner's step counters that a checkpoint stores.
@@ -247,7 +247,7 @@ class ImageClassifierRunner(SupervisedConfigRunner):
             workers,
             {
                 "train": TrainPreset(img_size=settings.img_size, **settings.augment),
-                "valid": EvalPreset(img_size=settings.img_size),
+                "valid": EvalPreset(Preprocessing.for_img_size(settings.img_size)),
             },
         )
         return build_loaders(
@@ -392,7 +392,7 @@ class ImageClassifierRunner(SupervisedConfigRunner):
         if self.exception is not None:
             return
         settings = self.export_settings
-        weights = export_weights(
+        weights = save_best_weights(
             self.run_dir, settings.weights, arch=self.model_settings.arch, config=self._config
         )
         plot_history(self.run_dir, settings.picture, weights)

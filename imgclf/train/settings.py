@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from imgclf.errors import InputError
-from imgclf.train.models import ARCHITECTURES
+from imgclf.model.factory import ARCHITECTURES
 
 # The one stage every config must have; a user shortens or lengthens training through it.
 MAIN_STAGE = "train"

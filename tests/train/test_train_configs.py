@@ -13,9 +13,9 @@ from torch import nn
 from train_helpers import CONFIGS, catalyst_run, merged_config, tiny_overrides, write_yaml
 
 from imgclf.errors import EXIT_BAD_INPUT
+from imgclf.model.factory import build_model, head
 from imgclf.train.callbacks import HistoryCallback, ThroughputCallback
 from imgclf.train.engines import AutoDistributedEngine
-from imgclf.train.models import build_model, head
 from imgclf.train.runner import ImageClassifierRunner
 from imgclf.train.schedules import WarmupCosineLR
 
@@ -219,7 +219,7 @@ def test_bad_config_is_one_sentence_and_exit_2(case, tiny_image_folder, tmp_path
     assert exit_info.value.code == EXIT_BAD_INPUT
     stderr = capsys.readouterr().err
     error = stderr.strip().splitlines()[-1]  # progress bars may come first
-    assert error.startswith("error: ") and message in error
+    assert error.startswith("catalyst-dl run: error: ") and message in error
     assert "Traceback" not in stderr
 
 

@@ -15,8 +15,9 @@ from train_helpers import CONFIGS, catalyst_run, tiny_overrides, write_yaml
 
 from imgclf.errors import EXIT_INTERRUPTED
 from imgclf.imaging import open_rgb
-from imgclf.train.models import build_model
-from imgclf.train.weights import load_weights
+from imgclf.model.factory import build_model
+from imgclf.model.preprocessing import EvalPreset
+from imgclf.model.weights import load_weights
 
 ARCH = "mobilenet_v3_small"
 CLASSES = ["circle", "square", "triangle"]
@@ -37,7 +38,7 @@ def history(workdir: Path) -> list[dict[str, str]]:
 
 
 def predict(weights, root: Path, paths: list[str]) -> list[int]:
-    model, preset = weights.build_model(), weights.eval_preset()
+    model, preset = weights.build_model(), EvalPreset(weights.preprocessing)
     batch = torch.stack([preset(open_rgb(root / path)) for path in paths])
     with torch.no_grad():
         return model(batch).argmax(1).tolist()
@@ -68,7 +69,7 @@ def test_run_leaves_weights_picture_logs_and_table(first_run, images):
 
     weights = load_weights(workdir / "weights" / f"{ARCH}.pth")
     assert (weights.arch, weights.classes) == (ARCH, CLASSES)
-    assert (weights.img_size, weights.resize_size) == (32, 37)
+    assert (weights.preprocessing.img_size, weights.preprocessing.resize_size) == (32, 37)
     parts = weights.split["parts"]
     assert len(parts["train"]) + len(parts["valid"]) == 36 and parts["test"] == []
     assert sum(weights.class_counts["train"].values()) == len(parts["train"])

@@ -21,10 +21,10 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 from tqdm import tqdm
 
-from imgclf.serve.decoding import decode_rgb
-from imgclf.serve.inputs import Item, read_item
-from imgclf.serve.predictor import Predictor
-from imgclf.serve.single_image import one_torch_thread
+from imgclf.decoding import decode_rgb
+from imgclf.model.predictor import Predictor
+from imgclf.model.single_image import one_torch_thread
+from imgclf.predict.inputs import Item, read_item
 
 DEFAULT_BATCH_SIZE = 32
 
