@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_image_folder
 from PIL import Image
 from sklearn.metrics import accuracy_score, f1_score
 from train_helpers import CONFIGS, catalyst_run, tiny_overrides, write_yaml
@@ -18,6 +17,7 @@ from imgclf.imaging import open_rgb
 from imgclf.model.factory import build_model
 from imgclf.model.preprocessing import EvalPreset
 from imgclf.model.weights import load_weights
+from tests.conftest import make_image_folder
 
 ARCH = "mobilenet_v3_small"
 CLASSES = ["circle", "square", "triangle"]
