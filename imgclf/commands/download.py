@@ -8,7 +8,8 @@ import re
 import sys
 from pathlib import Path
 
-from imgclf.acquire.fetcher import USER_AGENT, FetchOptions
+from imgclf import USER_AGENT
+from imgclf.acquire.fetcher import FetchOptions
 from imgclf.acquire.layout import MANIFEST_NAME, STATS_NAME
 from imgclf.acquire.pipeline import DownloadOptions, run_download
 from imgclf.acquire.stats import format_summary

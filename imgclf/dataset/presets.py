@@ -35,9 +35,8 @@ class TrainPreset:
 
     The steps mean what `v2.Compose([RandomResizedCrop, RandomHorizontalFlip, ColorJitter,
     ToDtype, Normalize])` means per image, written as a few tensor operations over the batch:
-    per-image Python cost about 0.2 ms of CPU per image, which on 2 cores took a quarter of
-    mobilenet_v3_small's training speed at 96 px (README, Benchmarks). Differences from v2,
-    all deliberate:
+    per-image Python cost a large share of a small model's training speed on few cores
+    (measured: docs/benchmarks.md). Differences from v2, all deliberate:
     - the crop is resampled bilinearly (`grid_sample`) without antialiasing: the cache holds
       images at img_size / 0.875, so a crop is shrunk by at most 1.15x, where antialiasing
       changes nothing visible;

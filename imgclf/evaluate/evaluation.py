@@ -16,7 +16,7 @@ import numpy as np
 from imgclf.dataset import samples as dataset_samples
 from imgclf.errors import InputError
 from imgclf.evaluate import report
-from imgclf.evaluate.summary import summarize
+from imgclf.evaluate.summary import summarize_evaluation
 from imgclf.model.predictor import load_predictor
 from imgclf.model.weights import load_weights
 from imgclf.predict.batches import DEFAULT_BATCH_SIZE, predict_items
@@ -183,7 +183,7 @@ def evaluate(
     y_true = np.asarray(y_all)[ok]
     probabilities = outcome.probabilities[ok]
     paths = [held_out.paths[i] for i in ok]
-    summary = summarize(
+    summary = summarize_evaluation(
         classes,
         y_true,
         probabilities,

@@ -8,6 +8,7 @@ export.py         weights file → ONNX (opset 18, dynamic batch) or TorchScript
 engines.py        `TorchEngine`, `TorchScriptEngine`, `OnnxRuntimeEngine`: a batch → logits
 single_image.py   the eval preset written into a reused engine input (`Predictor.classify`)
 predictor.py      `Predictor` (spec + engine) and `load_predictor`, the loading policy
+tensorfile.py     `load_tensor_file`: torch.load with weights_only and a one-sentence error
 
 Nothing here imports Catalyst or hydra-slayer (tests/model/test_model_no_catalyst.py checks it).
 """

@@ -35,6 +35,7 @@ from imgclf.errors import InputError
 from imgclf.fileio import atomic_write_bytes
 from imgclf.model.factory import build_model
 from imgclf.model.preprocessing import Preprocessing
+from imgclf.model.tensorfile import load_tensor_file
 
 FORMAT = "imgclf-weights"
 FORMAT_VERSION = 1
@@ -86,15 +87,9 @@ def load_weights(path: str | Path) -> WeightsFile:
             f"Weights file {path} does not exist; train first "
             "(catalyst-dl run --config configs/config.yaml) or pass --weights."
         )
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        # torch's own message runs over many lines and suggests weights_only=False, which
-        # would execute code from an untrusted file: name the error type only.
-        raise InputError(
-            f"{path} is not a readable imgclf weights file ({type(error).__name__}); "
-            "pass a weights/<arch>.pth written by training."
-        ) from error
+    payload = load_tensor_file(
+        path, "imgclf weights file", "pass a weights/<arch>.pth written by training."
+    )
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InputError(
             f"{path} is not an imgclf weights file (no '{FORMAT}' marker); "

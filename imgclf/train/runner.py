@@ -32,7 +32,7 @@ from catalyst.runners.config import SupervisedConfigRunner
 from catalyst.utils.misc import get_by_keys
 
 from imgclf.dataset import build_loaders, prepare_data
-from imgclf.dataset.loaders import default_workers, place_transforms
+from imgclf.dataset.loaders import place_transforms, training_workers
 from imgclf.dataset.presets import TrainPreset
 from imgclf.errors import EXIT_INTERRUPTED, InputError, report_input_error
 from imgclf.fileio import atomic_write_json
@@ -242,7 +242,7 @@ class ImageClassifierRunner(SupervisedConfigRunner):
         workers trained the demo at 1,787 images/s, on the GPU at 1,369 (README, Benchmarks).
         """
         settings = self.data_settings
-        workers = default_workers() if settings.num_workers is None else settings.num_workers
+        workers = training_workers() if settings.num_workers is None else settings.num_workers
         in_loaders, self._batch_transforms = place_transforms(
             workers,
             {

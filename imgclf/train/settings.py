@@ -62,7 +62,7 @@ class DataSettings:
     img_size: int = 64
     val_fraction: float = 0.15
     batch_size: int = 64
-    num_workers: int | None = None  # None: "auto", see imgclf.dataset.loaders.default_workers
+    num_workers: int | None = None  # None: "auto", see imgclf.dataset.loaders.training_workers
     cache_dir: Path | None = None
     balanced: bool = False
     augment: dict[str, Any] = field(default_factory=dict)

@@ -114,7 +114,7 @@ def test_pretrained_local_file_adds_the_head_stage_with_a_frozen_backbone(
 
 
 def test_class_weights_follow_the_training_counts(tmp_path):
-    from conftest import make_image_folder
+    from tests.conftest import make_image_folder
 
     images = make_image_folder(tmp_path / "images", per_class=12)
     for extra in sorted((images / "circle").iterdir())[:6]:  # circle: 6 images, others 12
