@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 from catalyst.callbacks import CheckpointCallback
-from catalyst.core._misc import callback_isinstance
 from torch import nn
 from train_helpers import CONFIGS, catalyst_run, merged_config, tiny_overrides, write_yaml
 
 from imgclf.errors import EXIT_BAD_INPUT
 from imgclf.train.callbacks import HistoryCallback, ThroughputCallback
+from imgclf.train.catalyst_compat import callback_isinstance
 from imgclf.train.engines import AutoDistributedEngine
 from imgclf.train.models import build_model, head
 from imgclf.train.runner import ImageClassifierRunner

@@ -52,6 +52,13 @@ def merged_config(*files: Path, overrides: dict | None = None) -> dict:
     return merge_dicts(config, overrides or {})
 
 
+def subprocess_environment() -> dict[str, str]:
+    """This checkout's code first (not another editable install), and this folder, so that a
+    config can name train_helpers' callbacks."""
+    paths = [str(Path(__file__).parent), str(ROOT), os.environ.get("PYTHONPATH", "")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
+
+
 def catalyst_run(*configs: Path, extra_args: tuple[str, ...] = (), timeout: int = 300):
     """Run the real `catalyst-dl run --config ...` from the repository root."""
     return subprocess.run(
@@ -60,8 +67,7 @@ def catalyst_run(*configs: Path, extra_args: tuple[str, ...] = (), timeout: int 
         capture_output=True,
         text=True,
         timeout=timeout,
-        # Lets a config name train_helpers.InterruptAfterEpoch as a callback.
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},
+        env=subprocess_environment(),
     )
 
 
