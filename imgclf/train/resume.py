@@ -27,8 +27,10 @@ import torch
 from imgclf.errors import InputError
 from imgclf.fileio import atomic_write_json
 from imgclf.train.catalyst_compat import restore_best_score
-from imgclf.train.export import CHECKPOINTS
 
+# The logdir's subfolder of Catalyst's checkpoints, and the ones imgclf reads.
+CHECKPOINTS = "checkpoints"
+BEST = "best.pth"
 LAST_FULL = "last_full.pth"
 # Written after a run's export: the logdir's checkpoints belong to a finished run.
 FINISHED_FILE = "finished.json"
@@ -59,19 +61,19 @@ def resume_hint(run_dir: Path) -> str:
     return "no epoch had finished, so no checkpoint was kept; rerun the same command to start over"
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """The checkpoint at `path`; InputError with one sentence if it can't be read."""
+def load_checkpoint(path: Path, what_next: str = "pass another checkpoint") -> dict[str, Any]:
+    """The checkpoint at `path`; InputError with one sentence, ending in `what_next`, if it
+    can't be read."""
     try:
         checkpoint = torch.load(path, map_location="cpu")
     except Exception as error:  # torch raises anything from EOFError to RuntimeError here
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise InputError(
             f"Checkpoint {path} can't be read ({reason}); it is damaged or not a checkpoint: "
-            f"resume from another one (e.g. {path.parent / 'best_full.pth'}) or start over in "
-            "a new --logdir."
+            f"{what_next}."
         ) from None
     if not isinstance(checkpoint, dict):
-        raise InputError(f"{path} is not a Catalyst checkpoint; resume from a *_full.pth file.")
+        raise InputError(f"{path} is not a Catalyst checkpoint: {what_next}.")
     return checkpoint
 
 
@@ -88,7 +90,11 @@ def read_resume_point(
             f"Checkpoint {path} {what}; resume from {last_checkpoint(run_dir)} "
             "or use --autoresume last."
         )
-    checkpoint = load_checkpoint(path)
+    checkpoint = load_checkpoint(
+        path,
+        f"resume from another one (e.g. {path.parent / 'best_full.pth'}), "
+        "or start over with --logdir <new folder>",
+    )
     if "optimizer_state_dict" not in checkpoint:
         raise InputError(
             f"{path} is a model-only checkpoint; resume from a *_full.pth checkpoint, "
@@ -146,7 +152,7 @@ def restore(runner, point: ResumePoint, run_dir: Path) -> None:
             f"=> resumed from {point.path}: stage {point.stage!r}, "
             f"epoch {point.stage_epoch} of {runner.stage_epoch_len} done"
         )
-    best_path = run_dir / CHECKPOINTS / "best.pth"
+    best_path = run_dir / CHECKPOINTS / BEST
     if not best_path.is_file():
         return
     best = torch.load(best_path, map_location="cpu")

@@ -46,7 +46,7 @@ from imgclf.train.config_keys import (
     command_line_configs,
     seed_given_on_command_line,
 )
-from imgclf.train.export import SPLIT_FILE, export_weights, plot_history, summary_table
+from imgclf.train.export import SPLIT_FILE, plot_history, summary_table, write_weights_file
 from imgclf.train.models import build_model, freeze_backbone, set_batchnorm_momentum
 from imgclf.train.preflight import check_output_folders
 from imgclf.train.settings import (
@@ -338,7 +338,7 @@ class ImageClassifierRunner(ConfigRunnerBase):
         if self.exception is not None:
             return
         settings = self.export_settings
-        weights = export_weights(
+        weights = write_weights_file(
             self.run_dir, settings.weights, arch=self.model_settings.arch, config=self.config
         )
         plot_history(self.run_dir, settings.picture, weights)

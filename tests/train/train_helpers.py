@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -82,3 +83,21 @@ class InterruptAfterEpoch(Callback):
         """Interrupt once the checkpoint of `epoch` is written."""
         if runner.global_epoch_step == self.epoch:
             raise KeyboardInterrupt
+
+
+class SignalAtBatch(Callback):
+    """Sends this process the real signal `signal` (e.g. "SIGTERM") at the start of batch
+    `batch` of global epoch `epoch` of the train loader: mid-epoch, as `kill` would."""
+
+    def __init__(self, epoch: int, batch: int, signal: str = "SIGTERM") -> None:
+        super().__init__(order=CallbackOrder.external + 1, node=CallbackNode.all)
+        self.epoch, self.batch, self.signal = epoch, batch, signal
+
+    def on_batch_start(self, runner) -> None:
+        """Signal once, at the chosen train batch."""
+        if (runner.global_epoch_step, runner.loader_batch_step, runner.loader_key) == (
+            self.epoch,
+            self.batch,
+            "train",
+        ):
+            os.kill(os.getpid(), getattr(signal, self.signal))
