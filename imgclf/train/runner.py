@@ -84,7 +84,8 @@ def config_errors(where: str) -> Iterator[None]:
 def with_file_seed(config: dict[str, Any], files: list[tuple[Any, dict]]) -> dict[str, Any]:
     """`config` with the config files' `args.seed`: catalyst-dl run puts its `--seed` default
     (42) in its place unless `--seed` was given."""
-    seeds = [content["args"]["seed"] for _, content in files if "seed" in content.get("args", {})]
+    blocks = [content.get("args") or {} for _, content in files]
+    seeds = [block["seed"] for block in blocks if "seed" in block]
     if not seeds or seed_given_on_command_line():
         return config
     return {**config, "args": {**config.get("args", {}), "seed": seeds[-1]}}

@@ -62,8 +62,12 @@ def test_files_seed_is_used_unless_seed_is_given(tmp_path, monkeypatch):
 def test_every_shipped_config_file_passes_the_key_check(tmp_path):
     empty = tmp_path / "empty.yaml"  # an override file with nothing in it overrides nothing
     empty.write_text("")
-    files = [*sorted(CONFIGS.glob("*.yaml")), empty]
-    assert [path for path, _ in command_line_configs(argv(*files))] == files
+    no_args = tmp_path / "no_args.yaml"
+    no_args.write_text("args:\n")
+    files = [*sorted(CONFIGS.glob("*.yaml")), empty, no_args]
+    read = command_line_configs(argv(*files))
+    assert [path for path, _ in read] == files
+    assert with_file_seed({"args": {"seed": 42}}, read) == {"args": {"seed": 42}}
 
 
 @pytest.mark.parametrize(
