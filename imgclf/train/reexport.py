@@ -1,7 +1,7 @@
 """Write a run's weights file again from one of its checkpoints.
 
     python -m imgclf.train.reexport logs/train                          # best checkpoint
-    python -m imgclf.train.reexport logs/train/checkpoints/train.7.pth --out weights/epoch7.pth
+    python -m imgclf.train.reexport logs/train/checkpoints/train.7.pth --out epoch7.pth
 
 For when the export at the end of training failed (a full disk, a folder that went read-only),
 the weights file was lost, or another epoch's model is wanted. The logdir (the checkpoint's

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -296,3 +297,19 @@ def test_catalyst_dl_run_exits_2_without_traceback(tmp_path):
     assert result.returncode == EXIT_BAD_INPUT, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert f"Data folder {tmp_path / 'missing'} does not exist" in result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_read_only_weights_folder_is_refused_before_any_work(tiny_image_folder, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    overrides = tiny_overrides(
+        tmp_path, tiny_image_folder, export={"weights": str(locked / "{arch}.pth")}
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        make_runner(merged_config(CONFIGS / "config.yaml", overrides=overrides))
+    assert exit_info.value.code == EXIT_BAD_INPUT
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"The weights folder {locked} is not writable (Permission denied" in error
+    assert not (tmp_path / "cache").exists()  # refused before the images were cached
