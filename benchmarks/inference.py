@@ -49,22 +49,19 @@ from torchvision import transforms
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from imgclf.dataset.presets import (  # noqa: E402
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    EvalPreset,
-    resize_size_for,
-)
+from imgclf.dataset.presets import IMAGENET_MEAN, IMAGENET_STD, resize_size_for  # noqa: E402
+from imgclf.decoding import decode_rgb  # noqa: E402
 from imgclf.imaging import open_rgb  # noqa: E402
-from imgclf.serve.batches import predict_items  # noqa: E402
-from imgclf.serve.decoding import decode_rgb  # noqa: E402
-from imgclf.serve.export import export_weights  # noqa: E402
-from imgclf.serve.inputs import Item, expand_inputs  # noqa: E402
-from imgclf.serve.predictor import OnnxRuntimeEngine, load_predictor  # noqa: E402
-from imgclf.serve.single_image import one_torch_thread  # noqa: E402
-from imgclf.serve.spec import INPUT_NAME, OUTPUT_NAME  # noqa: E402
-from imgclf.train.models import ARCHITECTURES, build_model  # noqa: E402
-from imgclf.train.weights import WeightsFile, save_weights  # noqa: E402
+from imgclf.model.engines import OnnxRuntimeEngine  # noqa: E402
+from imgclf.model.export import export_model  # noqa: E402
+from imgclf.model.factory import ARCHITECTURES, build_model  # noqa: E402
+from imgclf.model.predictor import load_predictor  # noqa: E402
+from imgclf.model.preprocessing import EvalPreset, Preprocessing  # noqa: E402
+from imgclf.model.single_image import one_torch_thread  # noqa: E402
+from imgclf.model.spec import INPUT_NAME, OUTPUT_NAME  # noqa: E402
+from imgclf.model.weights import WeightsFile, save_weights  # noqa: E402
+from imgclf.predict.batches import predict_items  # noqa: E402
+from imgclf.predict.inputs import Item, expand_inputs  # noqa: E402
 
 DEMO = ROOT / "data" / "demo" / "sign_language_digits"
 IMG_SIZE = 224
@@ -115,20 +112,18 @@ def calibrated_model(arch: str, preset: EvalPreset) -> torch.nn.Module:
 
 def write_weights(arch: str, folder: Path) -> Path:
     """A weights file of `arch` at 224 px (see calibrated_model), plus its two exports."""
-    preset = EvalPreset(img_size=IMG_SIZE)
+    preprocessing = Preprocessing.for_img_size(IMG_SIZE)
+    preset = EvalPreset(preprocessing)
     path = folder / f"{arch}.pth"
     weights = WeightsFile(
         arch=arch,
         classes=CLASSES,
         state_dict=calibrated_model(arch, preset).state_dict(),
-        img_size=IMG_SIZE,
-        resize_size=resize_size_for(IMG_SIZE),
-        mean=preset.mean,
-        std=preset.std,
+        preprocessing=preprocessing,
     )
     save_weights(path, weights)
     for fmt in ("onnx", "torchscript"):
-        export_weights(path, fmt)
+        export_model(path, fmt)
     return path
 
 

@@ -45,13 +45,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from imgclf.dataset import PreparedData, build_loaders, prepare_data  # noqa: E402
-from imgclf.dataset.loaders import default_workers, place_transforms  # noqa: E402
+from imgclf.dataset.loaders import place_transforms, training_workers  # noqa: E402
 from imgclf.dataset.presets import (  # noqa: E402
     IMAGENET_MEAN,
     IMAGENET_STD,
     TrainPreset,
 )
-from imgclf.train.models import ARCHITECTURES, build_model  # noqa: E402
+from imgclf.model.factory import ARCHITECTURES, build_model  # noqa: E402
 
 DEMO = ROOT / "data" / "demo" / "sign_language_digits"
 COLUMNS = ("ceiling", "cold", "warm", "workers", "folder")
@@ -147,7 +147,7 @@ def pipeline(trainer: Trainer, args: argparse.Namespace, size: int) -> tuple[flo
     with tempfile.TemporaryDirectory(prefix="imgclf-bench-cache-") as cache_dir:
         start = time.perf_counter()
         data = prepare_data(args.data, img_size=size, cache_dir=cache_dir, progress=False)
-        batches, augment = train_batches(data, args, size, default_workers())
+        batches, augment = train_batches(data, args, size, training_workers())
         setup = time.perf_counter() - start
         timed = args.batches * args.batch_size
         first_batches = timed / trainer.run(batches, args.batches, augment)  # seconds
@@ -253,7 +253,7 @@ def report(args: argparse.Namespace) -> None:
     classes = len([p for p in args.data.iterdir() if p.is_dir() and not p.name.startswith(".")])
     print(
         f"{args.data}: {classes} classes; batch {args.batch_size}, "
-        f"{default_workers()} workers by default (auto), "
+        f"{training_workers()} workers by default (auto), "
         f"{args.workers} in 'workers' and 'folder', "
         f"{args.batches} timed batches per epoch, median of {args.rounds} rounds, "
         f"{torch.get_num_threads()} torch threads, device {args.device}"

@@ -23,6 +23,8 @@ EXTENSIONS = {
     "BMP": "bmp",
     "TIFF": "tiff",
 }
+# File name endings read as images when a folder is scanned (compare lower-cased).
+IMAGE_SUFFIXES = frozenset({f".{ext}" for ext in EXTENSIONS.values()} | {".jpeg", ".tif"})
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

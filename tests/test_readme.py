@@ -34,9 +34,9 @@ DOCKER_TEST = "tests/docker/test_docker_scripts.py::"
 TRAIN_TEST = "tests/train/test_train_run.py::"
 FAULTS_TEST = "tests/acquire/test_download_faults.py::"
 INPUT_TEST = "tests/acquire/test_download_input.py::"
-EVALUATION_TEST = "tests/serve/test_serve_evaluation.py::"
-PREDICT_TEST = "tests/serve/test_serve_predict.py::"
-EXPORT_TEST = "tests/serve/test_serve_export.py::"
+EVALUATION_TEST = "tests/evaluate/test_evaluate_evaluation.py::"
+PREDICT_TEST = "tests/predict/test_predict_prediction.py::"
+EXPORT_TEST = "tests/model/test_model_export.py::"
 COVERAGE: dict[str, str] = {
     # README.md (quick start), CI
     "make test": "ci",
@@ -240,8 +240,8 @@ def subject(command: str) -> str:
 
 
 def aliases(program: str) -> list[str]:
-    """Names a test may use for `program`: its file name, and for a thin entry script the
-    imgclf modules it delegates to (tests often call `imgclf.acquire.cli.main` in-process)."""
+    """Names a test may use for `program`: its file name, and for a thin entry script the imgclf
+    modules it delegates to (tests often call `imgclf.commands.download.main` in-process)."""
     names = [Path(program).name]
     script = ROOT / program
     if script.suffix == ".py" and script.is_file():

@@ -80,7 +80,7 @@ def test_catalyst_dl_loader_refuses_a_bad_config_file_in_one_sentence(
         misc.parse_args_uargs(args, [])
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
-    assert error.startswith(f"error: config file {path} ") and message in error
+    assert error.startswith(f"catalyst-dl run: error: config file {path} ") and message in error
     assert len(error.strip().splitlines()) == 1
 
 
@@ -97,4 +97,6 @@ def test_catalyst_dl_run_with_a_list_config_exits_2_without_traceback(patched_ca
         env={**os.environ, "PYTHONPATH": f"{patched_catalyst.parent}{os.pathsep}{ROOT}"},
     )
     assert result.returncode == 2, result.stderr[-2000:]
-    assert result.stderr == f"error: config file {listed} holds a list, not a mapping of keys.\n"
+    assert result.stderr == (
+        f"catalyst-dl run: error: config file {listed} holds a list, not a mapping of keys.\n"
+    )

@@ -22,13 +22,15 @@ import argparse
 import sys
 from pathlib import Path
 
+from imgclf.commands import run_command
 from imgclf.demo.pipeline import BUNDLED_DATA, PROJECT_ROOT, DemoOptions, run_demo
-from imgclf.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, InputError
+
+PROG = "tools/demo.py"
 
 
 def parse_args(argv: list[str] | None = None) -> DemoOptions:
     parser = argparse.ArgumentParser(
-        prog="tools/demo.py",
+        prog=PROG,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -86,14 +88,11 @@ def parse_args(argv: list[str] | None = None) -> DemoOptions:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        return run_demo(parse_args(argv))
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("\ninterrupted: the HTTP server is stopped; rerun `make demo` to start over.")
-        return EXIT_INTERRUPTED
+    return run_command(
+        lambda: run_demo(parse_args(argv)),
+        prog=PROG,
+        on_interrupt="the HTTP server is stopped; rerun `make demo` to start over.",
+    )
 
 
 if __name__ == "__main__":

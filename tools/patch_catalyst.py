@@ -68,7 +68,7 @@ LOAD_CONFIG_FUNCTION = '''def _load_config_or_exit(config_path):
             if isinstance(config, dict):
                 return config
             problem = f"holds a {type(config).__name__}, not a mapping of keys"
-    print(f"error: config file {config_path} {problem}.", file=sys.stderr)
+    print(f"catalyst-dl run: error: config file {config_path} {problem}.", file=sys.stderr)
     raise SystemExit(2)
 
 

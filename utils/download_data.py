@@ -12,7 +12,7 @@ Exit codes: 0 done (per-URL failures are rows in manifest.csv), 2 bad argument o
 
 import sys
 
-from imgclf.acquire.cli import main
+from imgclf.commands.download import main
 
 if __name__ == "__main__":
     sys.exit(main())

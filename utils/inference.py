@@ -14,7 +14,7 @@ Exit codes: 0 done, 1 some images failed (listed), 2 bad argument or input file,
 
 import sys
 
-from imgclf.serve.cli import main
+from imgclf.commands.inference import main
 
 if __name__ == "__main__":
     sys.exit(main(description=__doc__))

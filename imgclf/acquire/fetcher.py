@@ -25,11 +25,9 @@ from dataclasses import dataclass
 import aiohttp
 from yarl import URL
 
-from imgclf import __version__
+from imgclf import USER_AGENT, USER_AGENT_TOKEN
 from imgclf.acquire.reasons import http_reason, is_retryable
 
-USER_AGENT_TOKEN = "imgclf"
-USER_AGENT = f"{USER_AGENT_TOKEN}/{__version__} (image dataset downloader; honours X-Robots-Tag)"
 OPT_OUT_DIRECTIVES = frozenset({"noai", "noimageai"})
 # Directives written `name: value`; a leading one is not a bot name.
 _DIRECTIVES_WITH_VALUE = frozenset(

@@ -34,12 +34,12 @@ import numpy as np
 from PIL import Image
 
 from imgclf.dataset.samples import Sample
+from imgclf.fileio import TMP_SUFFIX
 from imgclf.imaging import open_rgb
 
 CACHE_VERSION = 1
 IMAGES = "images.npy"
 META = "meta.json"
-TMP_SUFFIX = ".tmp"
 # Images per task sent to a decoding process: large enough to amortise the round trip,
 # small enough for a smooth progress bar and an even spread over the cores.
 CHUNK = 64

@@ -67,14 +67,13 @@ def build_loaders(
     )
 
 
-def default_workers() -> int:
+def training_workers() -> int:
     """DataLoader workers per training process when the config says `num_workers: auto`.
 
     Without a GPU: 0. The batched augmentation costs a few percent of a training step, and
-    worker processes only compete with the model for the same cores (measured on 2 cores,
-    mobilenet_v3_small at 96 px: 0.94 of the ceiling in-process, 0.75 with 2 workers; README,
-    Benchmarks). With GPUs: the CPU cores per GPU process less one for the process itself
-    (at most 8), so that augmentation overlaps the GPU's step.
+    worker processes only compete with the model for the same cores (measured:
+    docs/benchmarks.md). With GPUs: the CPU cores per GPU process less one for the process
+    itself (at most 8), so that augmentation overlaps the GPU's step.
     """
     gpus = torch.cuda.device_count()
     if gpus == 0:
@@ -102,8 +101,7 @@ def lower_priority(worker_id: int) -> None:
 
     Where cores are scarce, a worker that preempts one of the model's threads stalls all of
     them at the next synchronisation point; at low priority the workers take the idle time
-    instead (measured on 2 cores: warm epochs 0.77 → 0.84 of the ceiling). With cores to
-    spare it changes nothing.
+    instead (measured: docs/benchmarks.md). With cores to spare it changes nothing.
     """
     if hasattr(os, "nice"):
         os.nice(19)

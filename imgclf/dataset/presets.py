@@ -1,8 +1,9 @@
-"""Train and eval transforms, the one definition used by training, evaluation and inference.
+"""The training transform and the defaults every transform starts from.
 
-Both presets take an image as a uint8 CHW tensor (or a PIL image) and return a normalised float
-tensor. Following torchvision's `references/classification/presets.py`: small keyword-only classes.
-The eval preset's parameters travel inside the weights file, so inference never guesses them.
+`TrainPreset` augments whole uint8 batches (following torchvision's
+`references/classification/presets.py`: a small keyword-only class). The ImageNet statistics and
+the crop ratio are the defaults of `imgclf.model.preprocessing.Preprocessing`, whose `EvalPreset`
+is the eval transform used by validation, evaluation and inference alike.
 """
 
 from __future__ import annotations
@@ -23,49 +24,6 @@ def resize_size_for(img_size: int) -> int:
     return round(img_size / CROP_RATIO)
 
 
-class EvalPreset:
-    """Resize the shorter side to `resize_size`, centre-crop `img_size`, scale, normalise."""
-
-    def __init__(
-        self,
-        *,
-        img_size: int,
-        resize_size: int | None = None,
-        mean: tuple[float, ...] = IMAGENET_MEAN,
-        std: tuple[float, ...] = IMAGENET_STD,
-    ) -> None:
-        self.img_size = img_size
-        self.resize_size = resize_size or resize_size_for(img_size)
-        self.mean = tuple(mean)
-        self.std = tuple(std)
-        # ToDtype(scale=True) then Normalize is (x / 255 - mean) / std = x * scale - offset: one
-        # fused pass per value (it runs on every single-image prediction).
-        std_ = torch.tensor(self.std).view(-1, 1, 1)
-        self._scale = 1 / (255 * std_)
-        self._neg_offset = -torch.tensor(self.mean).view(-1, 1, 1) / std_
-
-    def resize(self, image) -> torch.Tensor:
-        """The preset's first step: the image (PIL or uint8 tensor) as a plain uint8 tensor,
-        its shorter side resized to `resize_size` (antialiased bilinear)."""
-        # The kernels on a plain tensor skip v2's tv_tensor dispatch, which costs a single
-        # 640x480 prediction about 0.05 ms (measured on 2 cores, one torch thread).
-        image = F.to_image(image).as_subclass(torch.Tensor)
-        return F.resize_image(image, [self.resize_size], antialias=True)
-
-    def __call__(self, image, out: torch.Tensor | None = None) -> torch.Tensor:
-        """The same steps as `v2.Compose([ToImage, Resize, CenterCrop, ToDtype, Normalize])`
-        (equal within 1e-6), with v2's tensor kernels; written into `out` when given (a
-        reused engine input, see imgclf.serve.single_image)."""
-        image = F.center_crop_image(self.resize(image), [self.img_size])
-        # addcmul reads the uint8 crop and writes the float32 result in one pass, instead of a
-        # float copy, a multiply and a subtract (measured on a 224 px crop, 1 thread: 0.11 ms
-        # instead of 0.16 ms; equal to the three-pass form within 2e-7).
-        if self._scale.device != image.device:  # a batch on the GPU, in training
-            self._scale = self._scale.to(image.device)
-            self._neg_offset = self._neg_offset.to(image.device)
-        return torch.addcmul(self._neg_offset, image, self._scale, out=out)
-
-
 class TrainPreset:
     """Random resized crop, horizontal flip and colour jitter, then scale and normalise, on a
     whole batch at once.
@@ -77,9 +35,8 @@ class TrainPreset:
 
     The steps mean what `v2.Compose([RandomResizedCrop, RandomHorizontalFlip, ColorJitter,
     ToDtype, Normalize])` means per image, written as a few tensor operations over the batch:
-    per-image Python cost about 0.2 ms of CPU per image, which on 2 cores took a quarter of
-    mobilenet_v3_small's training speed at 96 px (README, Benchmarks). Differences from v2,
-    all deliberate:
+    per-image Python cost a large share of a small model's training speed on few cores
+    (measured: docs/benchmarks.md). Differences from v2, all deliberate:
     - the crop is resampled bilinearly (`grid_sample`) without antialiasing: the cache holds
       images at img_size / 0.875, so a crop is shrunk by at most 1.15x, where antialiasing
       changes nothing visible;

@@ -20,12 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from imgclf.acquire.layout import MANIFEST_NAME as MANIFEST
+from imgclf.acquire.reasons import OK
 from imgclf.errors import InputError
-from imgclf.imaging import EXTENSIONS
+from imgclf.imaging import IMAGE_SUFFIXES
 
 MANIFEST_COLUMNS = ("label", "split", "status", "path", "sha256")
-# File name endings read as images in the folder layout (lower-cased).
-IMAGE_SUFFIXES = frozenset({f".{ext}" for ext in EXTENSIONS.values()} | {".jpeg", ".tif"})
 
 
 @dataclass(frozen=True)
@@ -125,7 +124,7 @@ def _read_manifest(manifest: Path) -> list[Sample]:
     seen_paths: dict[str, int] = {}  # path → line of its first 'ok' row
     for line, row in enumerate(rows, start=2):  # line 1 is the header
         labels_seen[row["label"]] += 1
-        if row["status"] != "ok":
+        if row["status"] != OK:
             continue
         if not row["path"] or not row["label"]:
             raise InputError(

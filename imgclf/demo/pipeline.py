@@ -20,7 +20,7 @@ from pathlib import Path
 
 from imgclf.demo.server import Planted, serve_folder
 from imgclf.demo.urls import (
-    UrlRow,
+    DemoUrl,
     broken_rows,
     broken_samples,
     list_images,
@@ -212,7 +212,7 @@ def format_seconds(seconds: float) -> str:
     return f"{minutes} min {rest:02d} s"
 
 
-def plan_url_list(options: DemoOptions) -> tuple[list[UrlRow], dict[str, Planted], str]:
+def plan_url_list(options: DemoOptions) -> tuple[list[DemoUrl], dict[str, Planted], str]:
     """The URL list's rows, the bodies the server plants for the broken ones, and a summary."""
     images = list_images(options.data)
     rows = stratified_rows(

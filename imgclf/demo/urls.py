@@ -16,14 +16,13 @@ from urllib.parse import quote
 
 from imgclf.errors import InputError
 from imgclf.fileio import atomic_write_text
-from imgclf.imaging import EXTENSIONS
+from imgclf.imaging import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = frozenset({f".{ext}" for ext in EXTENSIONS.values()} | {".jpeg", ".tif"})
 URL_LIST_COLUMNS = ("url", "label", "split")
 
 
 @dataclass(frozen=True)
-class UrlRow:
+class DemoUrl:
     """One line of the URL list; `path` is the URL path on the demo server (starts with `/`)."""
 
     path: str
@@ -68,7 +67,7 @@ def stratified_rows(
     test_fraction: float,
     seed: int,
     per_class: int | None = None,
-) -> list[UrlRow]:
+) -> list[DemoUrl]:
     """One row per image; in each class a seeded `test_fraction` of the images gets split=test.
 
     With `per_class`, each class first keeps a seeded sample of that many images (quick runs).
@@ -78,7 +77,7 @@ def stratified_rows(
         raise InputError(f"--test-fraction {test_fraction} must be between 0 and 1 (exclusive).")
     if per_class is not None and per_class < 2:
         raise InputError(f"--per-class {per_class} must be at least 2 (one train, one test).")
-    rows: list[UrlRow] = []
+    rows: list[DemoUrl] = []
     for label, files in images.items():
         # One generator per class, seeded by the label too: adding a class leaves the others as is.
         rng = random.Random(f"{seed}:{label}")
@@ -91,7 +90,7 @@ def stratified_rows(
         test = set(chosen[:n_test])
         for file in sorted(chosen):
             url_path = "/" + quote(file.relative_to(root).as_posix())
-            rows.append(UrlRow(url_path, label, "test" if file in test else "train"))
+            rows.append(DemoUrl(url_path, label, "test" if file in test else "train"))
     return rows
 
 
@@ -106,12 +105,12 @@ def broken_samples(a_real_jpeg: Path) -> list[BrokenSample]:
     ]
 
 
-def broken_rows(samples: list[BrokenSample], label: str) -> list[UrlRow]:
+def broken_rows(samples: list[BrokenSample], label: str) -> list[DemoUrl]:
     """URL-list rows for the broken samples, filed under an existing class like real mistakes."""
-    return [UrlRow(sample.path, label, "train") for sample in samples]
+    return [DemoUrl(sample.path, label, "train") for sample in samples]
 
 
-def render_url_list(rows: list[UrlRow], base_url: str) -> str:
+def render_url_list(rows: list[DemoUrl], base_url: str) -> str:
     """The CSV text (`url,label,split` header) with every path joined to `base_url`."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -120,6 +119,6 @@ def render_url_list(rows: list[UrlRow], base_url: str) -> str:
     return buffer.getvalue()
 
 
-def write_url_list(path: Path, rows: list[UrlRow], base_url: str) -> Path:
+def write_url_list(path: Path, rows: list[DemoUrl], base_url: str) -> Path:
     """Write the URL list atomically to `path`; returns `path`."""
     return atomic_write_text(path, render_url_list(rows, base_url))

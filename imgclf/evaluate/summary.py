@@ -49,7 +49,7 @@ def _baselines(
     }
 
 
-def summarize(
+def summarize_evaluation(
     classes: Sequence[str],
     y_true: Sequence[int],
     probabilities: np.ndarray,

@@ -22,13 +22,12 @@ install time (`make setup`, the Dockerfile), and `tests/test_setup.py` checks th
 from __future__ import annotations
 
 import importlib
-import sys
 import warnings
 from typing import Any
 
 import catalyst
 
-from imgclf.errors import EXIT_BAD_INPUT, InputError
+from imgclf.errors import InputError, report_input_error
 
 SUPPORTED_VERSION = "21.12"
 
@@ -48,8 +47,7 @@ def check_catalyst_version(version: str = catalyst.__version__) -> None:
 try:
     check_catalyst_version()
 except InputError as error:
-    print(f"error: {error}", file=sys.stderr)
-    raise SystemExit(EXIT_BAD_INPUT) from None
+    raise SystemExit(report_input_error(error, "catalyst-dl run")) from None
 
 import torch.distributed as dist  # noqa: E402
 from catalyst.callbacks import CheckpointCallback  # noqa: E402

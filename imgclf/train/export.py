@@ -19,12 +19,12 @@ import catalyst
 import torch
 import torchvision
 
-from imgclf.dataset.presets import EvalPreset
 from imgclf.errors import InputError
 from imgclf.fileio import atomic_write
+from imgclf.model.preprocessing import Preprocessing
+from imgclf.model.weights import WeightsFile, save_weights
 from imgclf.train.callbacks import read_history
 from imgclf.train.resume import BEST, CHECKPOINTS, load_checkpoint
-from imgclf.train.weights import WeightsFile, save_weights
 
 SPLIT_FILE = "split.json"
 # The merged config of the run, as `catalyst-dl run` dumps it into the logdir.
@@ -80,15 +80,11 @@ def write_weights_file(
     valid = checkpoint.get("epoch_metrics", {}).get("valid", {})
     metrics = {name: valid[key] for key, name in EXPORTED_METRICS.items() if key in valid}
     metrics["epoch"] = checkpoint.get("global_epoch_step")
-    preset = EvalPreset(img_size=info["img_size"])
     weights = WeightsFile(
         arch=arch,
         classes=info["classes"],
         state_dict=checkpoint["model_state_dict"],
-        img_size=preset.img_size,
-        resize_size=preset.resize_size,
-        mean=preset.mean,
-        std=preset.std,
+        preprocessing=Preprocessing.for_img_size(info["img_size"]),
         split=info["split"],
         class_counts=info["class_counts"],
         metrics=metrics,

@@ -16,12 +16,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from imgclf.errors import EXIT_BAD_INPUT, InputError
+from imgclf.errors import InputError, report_input_error
+from imgclf.model.weights import WeightsFile
 from imgclf.train.export import best_checkpoint_path, run_config, write_weights_file
 from imgclf.train.preflight import check_writable_folder
 from imgclf.train.resume import CHECKPOINTS
 from imgclf.train.settings import ExportSettings, ModelSettings
-from imgclf.train.weights import WeightsFile
 
 
 def reexport(source: Path, out: Path | None = None) -> tuple[WeightsFile, Path]:
@@ -61,8 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         weights, out = reexport(args.source, args.out)
     except InputError as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return report_input_error(error, parser.prog)
     epoch, f1 = weights.metrics.get("epoch"), weights.metrics.get("f1_macro")
     print(f"weights: {out} ({weights.arch}, epoch {epoch}, valid macro-F1 {f1})")
     return 0

@@ -34,10 +34,12 @@ from catalyst.registry import REGISTRY
 from catalyst.utils.misc import get_by_keys
 
 from imgclf.dataset import build_loaders, prepare_data
-from imgclf.dataset.loaders import default_workers, place_transforms
-from imgclf.dataset.presets import EvalPreset, TrainPreset
-from imgclf.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, InputError
+from imgclf.dataset.loaders import place_transforms, training_workers
+from imgclf.dataset.presets import TrainPreset
+from imgclf.errors import EXIT_INTERRUPTED, InputError, report_input_error
 from imgclf.fileio import atomic_write_json
+from imgclf.model.factory import build_model, freeze_backbone, set_batchnorm_momentum
+from imgclf.model.preprocessing import EvalPreset, Preprocessing
 from imgclf.train import resume
 from imgclf.train.callbacks import HistoryCallback, ThroughputCallback
 from imgclf.train.catalyst_compat import ConfigRunnerBase, callback_isinstance
@@ -47,7 +49,6 @@ from imgclf.train.config_keys import (
     seed_given_on_command_line,
 )
 from imgclf.train.export import SPLIT_FILE, plot_history, summary_table, write_weights_file
-from imgclf.train.models import build_model, freeze_backbone, set_batchnorm_momentum
 from imgclf.train.preflight import check_output_folders
 from imgclf.train.settings import (
     DataSettings,
@@ -60,8 +61,7 @@ from imgclf.train.settings import (
 
 def exit_for_input_error(error: InputError) -> None:
     """Print the one-sentence error and leave with exit code 2 (no traceback)."""
-    print(f"error: {error}", file=sys.stderr)
-    raise SystemExit(EXIT_BAD_INPUT)
+    raise SystemExit(report_input_error(error, "catalyst-dl run"))
 
 
 @contextmanager
@@ -235,12 +235,12 @@ class ImageClassifierRunner(ConfigRunnerBase):
         workers trained the demo at 1,787 images/s, on the GPU at 1,369 (README, Benchmarks).
         """
         settings = self.data_settings
-        workers = default_workers() if settings.num_workers is None else settings.num_workers
+        workers = training_workers() if settings.num_workers is None else settings.num_workers
         in_loaders, self._batch_transforms = place_transforms(
             workers,
             {
                 "train": TrainPreset(img_size=settings.img_size, **settings.augment),
-                "valid": EvalPreset(img_size=settings.img_size),
+                "valid": EvalPreset(Preprocessing.for_img_size(settings.img_size)),
             },
         )
         return build_loaders(

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from imgclf.errors import InputError
-from imgclf.train.models import ARCHITECTURES
+from imgclf.model.factory import ARCHITECTURES
 
 # The one stage every config must have; a user shortens or lengthens training through it.
 MAIN_STAGE = "train"
@@ -87,7 +87,7 @@ class DataSettings:
     img_size: int = 64
     val_fraction: float = 0.15
     batch_size: int = 64
-    num_workers: int | None = None  # None: "auto", see imgclf.dataset.loaders.default_workers
+    num_workers: int | None = None  # None: "auto", see imgclf.dataset.loaders.training_workers
     cache_dir: Path | None = None
     balanced: bool = False
     augment: dict[str, Any] = field(default_factory=dict)

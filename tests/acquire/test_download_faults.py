@@ -11,9 +11,9 @@ import pytest
 from aiohttp import web
 
 from imgclf import __version__
-from imgclf.acquire.cli import main
 from imgclf.acquire.manifest import COLUMNS
 from imgclf.acquire.reasons import is_known_reason
+from imgclf.commands.download import main
 from tests.acquire import sample_images as images
 from tests.acquire.faults import (
     EXPECTED,

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from imgclf.acquire.cli import main
 from imgclf.acquire.labels import LabelFolders, safe_label
 from imgclf.acquire.reader import iter_url_rows, scan_urls
 from imgclf.acquire.reasons import REASONS
+from imgclf.commands.download import main
 from imgclf.errors import InputError
 from tests.acquire import sample_images as images
 from tests.acquire.faults import read_rows
@@ -135,7 +135,7 @@ def test_help_lists_every_option_with_its_default():
 
 def test_nothing_of_the_downloader_imports_torch():
     code = (
-        "import sys, imgclf.acquire.cli, imgclf.acquire.pipeline, imgclf.acquire.importer;"
+        "import sys, imgclf.commands.download, imgclf.acquire.pipeline, imgclf.acquire.importer;"
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

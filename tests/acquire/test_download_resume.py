@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from imgclf.acquire.cli import main
+from imgclf.commands.download import main
 from tests.acquire import sample_images as images
 from tests.acquire.faults import read_rows, write_list
 from tests.support.loopback import LoopbackServer, respond

@@ -17,8 +17,9 @@ from PIL import Image
 
 from imgclf.dataset import prepare_data, read_samples
 from imgclf.dataset.cache import decode_square, load_or_build
-from imgclf.dataset.presets import EvalPreset, resize_size_for
+from imgclf.dataset.presets import resize_size_for
 from imgclf.imaging import open_rgb
+from imgclf.model.preprocessing import EvalPreset, Preprocessing
 from tests.conftest import make_image_folder
 from tests.dataset.helpers import (
     manifest_rows_for_folder,
@@ -197,7 +198,7 @@ def test_eval_preset_on_cache_equals_eval_preset_on_original(tmp_path: Path, img
     rgba = Image.open(files[3]).convert("RGBA")
     rgba.putalpha(128)
     rgba.save(files[3])
-    preset = EvalPreset(img_size=img_size)
+    preset = EvalPreset(Preprocessing.for_img_size(img_size))
     data = prepare_data(tmp_path, img_size=img_size, val_fraction=0.5, progress=False)
     cached = {
         sample.path: image

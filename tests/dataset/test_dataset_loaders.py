@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from imgclf.dataset import build_loaders, prepare_data, read_split
-from imgclf.dataset.presets import EvalPreset, TrainPreset
+from imgclf.dataset.presets import TrainPreset
 from imgclf.errors import InputError
+from imgclf.model.preprocessing import EvalPreset, Preprocessing
 from tests.conftest import TINY_CLASSES, make_image_folder
 from tests.dataset.helpers import manifest_rows_for_folder, write_manifest
 
@@ -36,7 +37,7 @@ def test_prepared_data_describes_the_split(tiny_image_folder: Path, tmp_path: Pa
 
 def test_dataset_items_are_float_tensors_with_class_indices(tiny_image_folder: Path):
     data = prepare_data(tiny_image_folder, img_size=32, progress=False)
-    dataset = data.dataset("valid", EvalPreset(img_size=32))
+    dataset = data.dataset("valid", EvalPreset(Preprocessing.for_img_size(32)))
 
     assert len(dataset) == len(data.parts["valid"])
     for index, sample in enumerate(data.parts["valid"]):
@@ -55,7 +56,7 @@ def loaders_32px(data, num_workers: int):
         batch_size=8,
         num_workers=num_workers,
         train_transform=TrainPreset(img_size=32),
-        eval_transform=EvalPreset(img_size=32),
+        eval_transform=EvalPreset(Preprocessing.for_img_size(32)),
     )
 
 

@@ -63,8 +63,8 @@ def test_missing_project_files_stop_the_demo_with_one_sentence(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr == (
-        f"error: {tmp_path}/utils/download_data.py is missing; run the demo from an imgclf "
-        "checkout (or pass --workdir with utils/, configs/ and imgclf/).\n"
+        f"tools/demo.py: error: {tmp_path}/utils/download_data.py is missing; run the demo from "
+        "an imgclf checkout (or pass --workdir with utils/, configs/ and imgclf/).\n"
     )
     assert not (tmp_path / URL_LIST).exists()
 
@@ -76,7 +76,7 @@ def test_bad_options_are_one_sentence_and_exit_2(tmp_path, option):
         [*DEMO, "--workdir", str(demo_workdir(tmp_path)), *option], capture_output=True, text=True
     )
     assert result.returncode == 2
-    assert result.stderr.startswith(f"error: {option[0]} ")
+    assert result.stderr.startswith(f"tools/demo.py: error: {option[0]} ")
     assert "Traceback" not in result.stderr
 
 
@@ -137,7 +137,7 @@ def test_ctrl_c_stops_the_server_and_exits_130(tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
-    assert "interrupted: the HTTP server is stopped" in rest
+    assert "tools/demo.py: interrupted; the HTTP server is stopped" in rest
     first_url = next(csv.DictReader((workdir / URL_LIST).open()))["url"]
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(first_url, timeout=5)

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from imgclf.evaluate import report
-from imgclf.evaluate.summary import summarize
+from imgclf.evaluate.summary import summarize_evaluation
 from tests.conftest import TINY_CLASSES, make_image_folder
 
 CLASSES = sorted(TINY_CLASSES)
@@ -27,7 +27,7 @@ def evaluated(tmp_path):
     probabilities[0] = [0.1, 0.8, 0.1]  # a circle called square, confidently
     probabilities[5] = [0.1, 0.3, 0.6]  # a square called triangle
     counts = {"circle": 10, "square": 20, "triangle": 10}
-    summary = summarize(CLASSES, y_true, probabilities, counts, resamples=200, seed=0)
+    summary = summarize_evaluation(CLASSES, y_true, probabilities, counts, resamples=200, seed=0)
     return root, paths, y_true, probabilities, summary
 
 
@@ -119,7 +119,8 @@ def test_confusion_matrix_scales_with_the_class_count(tmp_path, count):
 def test_undefined_metrics_are_null_in_strict_json(tmp_path):
     # One class in the test set: no negatives for it, no positives for the others → no ROC-AUC.
     probabilities = np.array([[0.7, 0.3], [0.4, 0.6], [0.9, 0.1]])
-    summary = summarize(["a", "b"], [0, 0, 0], probabilities, {"a": 1, "b": 1}, resamples=50)
+    counts = {"a": 1, "b": 1}
+    summary = summarize_evaluation(["a", "b"], [0, 0, 0], probabilities, counts, resamples=50)
     path = report.write_metrics_json(tmp_path / "metrics.json", summary, {})
 
     def refuse(constant):

@@ -14,10 +14,10 @@ from torch import nn
 from train_helpers import CONFIGS, catalyst_run, merged_config, tiny_overrides, write_yaml
 
 from imgclf.errors import EXIT_BAD_INPUT
+from imgclf.model.factory import build_model, head
 from imgclf.train.callbacks import HistoryCallback, ThroughputCallback
 from imgclf.train.catalyst_compat import callback_isinstance
 from imgclf.train.engines import AutoDistributedEngine
-from imgclf.train.models import build_model, head
 from imgclf.train.runner import ImageClassifierRunner
 from imgclf.train.schedules import WarmupCosineLR
 
@@ -116,7 +116,7 @@ def test_pretrained_local_file_adds_the_head_stage_with_a_frozen_backbone(
 
 
 def test_class_weights_follow_the_training_counts(tmp_path):
-    from conftest import make_image_folder
+    from tests.conftest import make_image_folder
 
     images = make_image_folder(tmp_path / "images", per_class=12)
     for extra in sorted((images / "circle").iterdir())[:6]:  # circle: 6 images, others 12
@@ -284,7 +284,8 @@ def test_bad_config_is_one_sentence_and_exit_2(case, tiny_image_folder, tmp_path
     assert exit_info.value.code == EXIT_BAD_INPUT
     stderr = capsys.readouterr().err
     error = stderr.strip().splitlines()[-1]  # progress bars may come first
-    assert error.startswith("error: ") and message.replace("{tmp}", str(tmp_path)) in error
+    assert error.startswith("catalyst-dl run: error: ")
+    assert message.replace("{tmp}", str(tmp_path)) in error
     assert "Traceback" not in stderr
 
 

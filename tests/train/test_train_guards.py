@@ -100,9 +100,9 @@ def test_fresh_start_over_an_interrupted_run_is_refused(tiny_image_folder, tmp_p
     assert exit_info.value.code == EXIT_BAD_INPUT
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error == (
-        f"error: {tmp_path / 'logs'} holds an unfinished run (checkpoint {last}); continue it "
-        f"with the same command plus --resume {last} (or --autoresume last), or start a new "
-        "run with --logdir <new folder> (or delete the folder)."
+        f"catalyst-dl run: error: {tmp_path / 'logs'} holds an unfinished run (checkpoint "
+        f"{last}); continue it with the same command plus --resume {last} (or --autoresume "
+        "last), or start a new run with --logdir <new folder> (or delete the folder)."
     )
     # A finished run (its weights exported) may be started over; the new run un-marks it.
     (tmp_path / "logs" / FINISHED_FILE).write_text("{}")
@@ -123,5 +123,7 @@ def test_unsupported_catalyst_is_one_sentence():
         env=subprocess_environment(),
     )
     assert result.returncode == EXIT_BAD_INPUT, result.stderr[-2000:]
-    assert result.stderr.startswith("error: imgclf trains with catalyst==21.12 but catalyst 22.2")
+    assert result.stderr.startswith(
+        "catalyst-dl run: error: imgclf trains with catalyst==21.12 but catalyst 22.2"
+    )
     assert "Traceback" not in result.stderr

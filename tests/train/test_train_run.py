@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_image_folder
 from PIL import Image
 from sklearn.metrics import accuracy_score, f1_score
 from train_helpers import (
@@ -24,9 +23,11 @@ from train_helpers import (
 
 from imgclf.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED
 from imgclf.imaging import open_rgb
+from imgclf.model.factory import build_model
+from imgclf.model.preprocessing import EvalPreset
+from imgclf.model.weights import load_weights
 from imgclf.train import reexport
-from imgclf.train.models import build_model
-from imgclf.train.weights import load_weights
+from tests.conftest import make_image_folder
 
 ARCH = "mobilenet_v3_small"
 CLASSES = ["circle", "square", "triangle"]
@@ -47,7 +48,7 @@ def history(workdir: Path) -> list[dict[str, str]]:
 
 
 def predict(weights, root: Path, paths: list[str]) -> list[int]:
-    model, preset = weights.build_model(), weights.eval_preset()
+    model, preset = weights.build_model(), EvalPreset(weights.preprocessing)
     batch = torch.stack([preset(open_rgb(root / path)) for path in paths])
     with torch.no_grad():
         return model(batch).argmax(1).tolist()
@@ -79,7 +80,7 @@ def test_run_leaves_weights_picture_logs_and_table(first_run, images):
 
     weights = load_weights(workdir / "weights" / f"{ARCH}.pth")
     assert (weights.arch, weights.classes) == (ARCH, CLASSES)
-    assert (weights.img_size, weights.resize_size) == (32, 37)
+    assert (weights.preprocessing.img_size, weights.preprocessing.resize_size) == (32, 37)
     parts = weights.split["parts"]
     assert len(parts["train"]) + len(parts["valid"]) == 36 and parts["test"] == []
     assert sum(weights.class_counts["train"].values()) == len(parts["train"])
@@ -164,7 +165,7 @@ def test_reexport_writes_the_weights_file_again_from_the_logdir(first_run, tmp_p
     assert result.stdout.startswith(f"weights: {out} ({ARCH}, epoch 1, valid macro-F1 ")
     first, again = load_weights(workdir / "weights" / f"{ARCH}.pth"), load_weights(out)
     assert (again.arch, again.classes, again.split) == (first.arch, first.classes, first.split)
-    assert again.metrics == first.metrics and again.img_size == first.img_size
+    assert again.metrics == first.metrics and again.preprocessing == first.preprocessing
     assert all(torch.equal(again.state_dict[k], v) for k, v in first.state_dict.items())
 
 

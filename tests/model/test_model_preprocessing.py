@@ -7,9 +7,9 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
-from imgclf.dataset.presets import EvalPreset
 from imgclf.imaging import open_rgb
-from imgclf.serve.single_image import SingleImageInput
+from imgclf.model.preprocessing import EvalPreset, Preprocessing
+from imgclf.model.single_image import SingleImageInput
 from tests.conftest import DEMO_DATA
 
 
@@ -18,14 +18,14 @@ from tests.conftest import DEMO_DATA
 )
 def test_eval_preset_equals_the_v2_compose_pipeline(img_size, size):
     photo = open_rgb(sorted((DEMO_DATA / "7").glob("*.jpg"))[0]).resize(size)
-    preset = EvalPreset(img_size=img_size)
+    preset = EvalPreset(Preprocessing.for_img_size(img_size))
     reference = v2.Compose(
         [
             v2.ToImage(),
-            v2.Resize(preset.resize_size, antialias=True),
+            v2.Resize(preset.preprocessing.resize_size, antialias=True),
             v2.CenterCrop(img_size),
             v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(preset.mean, preset.std),
+            v2.Normalize(preset.preprocessing.mean, preset.preprocessing.std),
         ]
     )
     for image in (photo, v2.functional.pil_to_tensor(photo)):
@@ -40,7 +40,7 @@ def test_eval_preset_equals_the_v2_compose_pipeline(img_size, size):
 )
 def test_single_image_input_equals_the_eval_preset_exactly(img_size, size):
     photo = open_rgb(sorted((DEMO_DATA / "2").glob("*.jpg"))[0]).resize(size)
-    preset = EvalPreset(img_size=img_size)
+    preset = EvalPreset(Preprocessing.for_img_size(img_size))
     single = SingleImageInput(preset)
     pixels = v2.functional.pil_to_tensor(photo)
     batch = single(pixels)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from imgclf.serve.inputs import Item, expand_inputs, fetch_url
+from imgclf.predict.inputs import Item, expand_inputs, fetch_url
 from tests.support.loopback import LoopbackServer, respond
 
 

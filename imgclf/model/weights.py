@@ -1,14 +1,16 @@
 """The self-contained weights file: everything inference needs, in one `torch.save`d dict.
 
 Written once at the end of training (`weights/<arch>.pth`), read by evaluation, prediction and
-export. Only plain types and tensors are stored, so it loads with `weights_only=True`.
+export. Only plain types and tensors are stored, so it loads with `weights_only=True`. In memory
+the four preprocessing keys are one `Preprocessing`; on disk they stay top-level keys, so every
+file written before that (the shipped weights/*.pth) loads unchanged.
 
 Keys (format_version 1):
     format, format_version  "imgclf-weights", 1
     arch, classes           architecture name, class names in index order
     state_dict              the model's tensors (eval-ready, CPU)
-    img_size, resize_size   eval preset: resize shorter side, centre-crop img_size
-    mean, std               normalisation
+    img_size, resize_size   eval preprocessing (imgclf.model.preprocessing.Preprocessing):
+    mean, std               resize the shorter side, centre-crop img_size, normalise
     split                   {"root": data root, "parts": {part: [[path, label], ...]}}, parts
                             "train", "valid", "test" ("test" may be empty), paths relative to root
     class_counts            {"train": {class: count}, ...}: for the random baseline
@@ -29,10 +31,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from imgclf.dataset.presets import EvalPreset
 from imgclf.errors import InputError
 from imgclf.fileio import atomic_write_bytes
-from imgclf.train.models import build_model
+from imgclf.model.factory import build_model
+from imgclf.model.preprocessing import Preprocessing
+from imgclf.model.tensorfile import load_tensor_file
 
 FORMAT = "imgclf-weights"
 FORMAT_VERSION = 1
@@ -45,16 +48,15 @@ class WeightsFile:
     arch: str
     classes: list[str]
     state_dict: dict[str, torch.Tensor]
-    img_size: int
-    resize_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    preprocessing: Preprocessing
     split: dict[str, Any] = field(default_factory=dict)
     class_counts: dict[str, dict[str, int]] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     created: str = ""
+    # Where load_weights read it from (not stored): lets a Predictor find exports beside it.
+    path: Path | None = field(default=None, compare=False, repr=False)
 
     def build_model(self) -> nn.Module:
         """The model with these weights loaded, in eval mode."""
@@ -62,18 +64,12 @@ class WeightsFile:
         model.load_state_dict(self.state_dict)
         return model.eval()
 
-    def eval_preset(self) -> EvalPreset:
-        """The exact eval transform the model was validated with."""
-        return EvalPreset(
-            img_size=self.img_size, resize_size=self.resize_size, mean=self.mean, std=self.std
-        )
-
 
 def save_weights(path: str | Path, weights: WeightsFile) -> Path:
     """Write `weights` to `path` atomically, stamping the format and creation time."""
-    payload = asdict(weights)
+    payload = {k: v for k, v in asdict(weights).items() if k not in ("preprocessing", "path")}
+    payload.update(weights.preprocessing.to_dict())
     payload["state_dict"] = {k: v.detach().cpu() for k, v in weights.state_dict.items()}
-    payload["mean"], payload["std"] = list(weights.mean), list(weights.std)
     payload["created"] = weights.created or datetime.now(timezone.utc).isoformat(
         timespec="seconds"
     )
@@ -91,15 +87,9 @@ def load_weights(path: str | Path) -> WeightsFile:
             f"Weights file {path} does not exist; train first "
             "(catalyst-dl run --config configs/config.yaml) or pass --weights."
         )
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        # torch's own message runs over many lines and suggests weights_only=False, which
-        # would execute code from an untrusted file: name the error type only.
-        raise InputError(
-            f"{path} is not a readable imgclf weights file ({type(error).__name__}); "
-            "pass a weights/<arch>.pth written by training."
-        ) from error
+    payload = load_tensor_file(
+        path, "imgclf weights file", "pass a weights/<arch>.pth written by training."
+    )
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InputError(
             f"{path} is not an imgclf weights file (no '{FORMAT}' marker); "
@@ -112,5 +102,5 @@ def load_weights(path: str | Path) -> WeightsFile:
         )
     fields = WeightsFile.__dataclass_fields__
     kwargs = {k: v for k, v in payload.items() if k in fields}
-    kwargs["mean"], kwargs["std"] = tuple(kwargs["mean"]), tuple(kwargs["std"])
-    return WeightsFile(**kwargs)
+    kwargs.pop("path", None)
+    return WeightsFile(**kwargs, preprocessing=Preprocessing.from_dict(payload), path=path)

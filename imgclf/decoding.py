@@ -1,12 +1,11 @@
 """Image bytes → uint8 RGB tensor (3, H, W): the pixels of `imaging.open_rgb`, faster for JPEG.
 
 For an ordinary 8-bit JPEG (baseline or progressive, grey or colour) torchvision's libjpeg-turbo
-decoder writes the tensor directly, with no PIL image in between and no copy into a tensor:
-bytes to tensor took 0.04 ms instead of 0.12 ms (Pillow + pil_to_tensor) for a 100x100 demo
-photo, 0.39 ms instead of 0.63 ms at 640x480 (2 cores, median of 300 calls). Pillow decodes
-with libjpeg-turbo too, at the same default settings (accurate integer IDCT, smooth chroma
-upsampling), so the pixels are the same: equal on every demo photo, for each of the 8 EXIF
-orientations, grey and 4:4:4 JPEGs (tests/serve).
+decoder writes the tensor directly, with no PIL image in between and no copy into a tensor, which
+is faster (measured: docs/benchmarks.md). Pillow decodes with libjpeg-turbo too, at the same
+default settings (accurate integer IDCT, smooth chroma upsampling), so the pixels are the same:
+equal on every demo photo, for each of the 8 EXIF orientations, grey and 4:4:4 JPEGs
+(tests/test_decoding.py).
 
 Everything else goes through `open_rgb`, so its colour handling, size limit and error messages
 stay the only ones: other formats, CMYK / 12-bit / arithmetic-coded / lossless JPEGs, a JPEG whose

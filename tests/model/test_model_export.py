@@ -11,10 +11,10 @@ import torch
 
 from imgclf.errors import InputError
 from imgclf.imaging import open_rgb
-from imgclf.serve.export import export_weights
-from imgclf.serve.predictor import load_predictor
-from imgclf.serve.spec import ModelSpec, file_sha256
-from imgclf.train.weights import load_weights, save_weights
+from imgclf.model.export import export_model
+from imgclf.model.predictor import load_predictor
+from imgclf.model.spec import ModelSpec, file_sha256
+from imgclf.model.weights import load_weights, save_weights
 from tests.conftest import DEMO_DATA
 
 PARITY = 1e-4
@@ -33,7 +33,7 @@ def exported(request, tmp_path_factory, mobilenet_weights, fitted_weights):
     source = mobilenet_weights if request.param == "mobilenet_v3_small" else fitted_weights
     folder = tmp_path_factory.mktemp(f"export_{request.param}")
     weights = shutil.copy(source, folder / source.name)
-    paths = {fmt: export_weights(weights, fmt)[0] for fmt in ("onnx", "torchscript")}
+    paths = {fmt: export_model(weights, fmt)[0] for fmt in ("onnx", "torchscript")}
     return weights, paths
 
 
@@ -112,7 +112,7 @@ def test_onnxruntime_runs_single_images_on_their_own_session(exported):
     _, paths = exported
     predictor = load_predictor(paths["onnx"])
     engine = predictor.engine
-    size = predictor.spec.img_size
+    size = predictor.spec.preprocessing.img_size
     batch = torch.randn(2, 3, size, size)
     logits = engine(batch)
     single = engine(batch[:1])

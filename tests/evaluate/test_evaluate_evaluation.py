@@ -15,7 +15,7 @@ from PIL import Image
 
 from tests.conftest import ROOT, TINY_CLASSES
 from tests.dataset.helpers import manifest_rows_for_folder, write_manifest
-from tests.serve.conftest import tiny_split
+from tests.support.trained import tiny_split
 
 PICTURES = ("confusion_matrix.png", "confusion_matrix_normalized.png", "errors.png")
 
@@ -149,7 +149,7 @@ def test_bad_input_is_one_line_and_exit_2(
         extra = ["--split", "valid"]
     assert cli.main(_report_args(weights, tmp_path, *extra)) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ")
+    assert err.startswith("inference.py: error: ")
     assert message in err
     assert err.count("\n") == 1
     if setup == "extra_class":
@@ -171,4 +171,5 @@ def test_entry_script_exits_2_without_traceback(tmp_path):
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    assert result.stderr.startswith(f"error: Weights file {tmp_path / 'x.pth'} does not exist")
+    missing = tmp_path / "x.pth"
+    assert result.stderr.startswith(f"inference.py: error: Weights file {missing} does not exist")

@@ -16,11 +16,11 @@ import numpy as np
 from imgclf.dataset import samples as dataset_samples
 from imgclf.errors import InputError
 from imgclf.evaluate import report
-from imgclf.evaluate.summary import summarize
-from imgclf.serve.batches import DEFAULT_BATCH_SIZE, predict_items
-from imgclf.serve.inputs import Item
-from imgclf.serve.predictor import load_predictor
-from imgclf.train.weights import load_weights
+from imgclf.evaluate.summary import summarize_evaluation
+from imgclf.model.predictor import load_predictor
+from imgclf.model.weights import load_weights
+from imgclf.predict.batches import DEFAULT_BATCH_SIZE, predict_items
+from imgclf.predict.inputs import Item
 
 SPLIT_PARTS = ("train", "valid", "test")
 
@@ -164,7 +164,7 @@ def evaluate(
     )
     # Check the classes before loading an engine (which may mean exporting in memory).
     y_all = _label_indices(held_out, stored.classes, weights)
-    predictor = load_predictor(weights, backend)
+    predictor = load_predictor(stored, backend)
     items = [
         Item(str(held_out.root / path), label=label)
         for path, label in zip(held_out.paths, y_all, strict=True)
@@ -183,7 +183,7 @@ def evaluate(
     y_true = np.asarray(y_all)[ok]
     probabilities = outcome.probabilities[ok]
     paths = [held_out.paths[i] for i in ok]
-    summary = summarize(
+    summary = summarize_evaluation(
         classes,
         y_true,
         probabilities,

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from imgclf.fileio import atomic_write_bytes
-from imgclf.serve.spec import INPUT_NAME, OUTPUT_NAME, SPEC_KEY, ModelSpec, file_sha256
-from imgclf.train.weights import WeightsFile, load_weights
+from imgclf.model.spec import INPUT_NAME, OUTPUT_NAME, SPEC_KEY, ModelSpec, file_sha256
+from imgclf.model.weights import WeightsFile, load_weights
 
 ONNX_OPSET = 18
 TORCHSCRIPT_SPEC_FILE = "imgclf.json"
@@ -36,7 +36,8 @@ def quiet_torchscript():
 
 
 def _example_input(spec: ModelSpec) -> torch.Tensor:
-    return torch.zeros(1, 3, spec.img_size, spec.img_size)
+    size = spec.preprocessing.img_size
+    return torch.zeros(1, 3, size, size)
 
 
 def onnx_bytes(model: torch.nn.Module, spec: ModelSpec) -> bytes:
@@ -71,7 +72,7 @@ def torchscript_bytes(model: torch.nn.Module, spec: ModelSpec) -> bytes:
 EXPORTERS = {"onnx": onnx_bytes, "torchscript": torchscript_bytes}
 
 
-def export_weights(
+def export_model(
     weights_path: str | Path, fmt: str, out: str | Path | None = None
 ) -> tuple[Path, ModelSpec]:
     """Write `weights_path` as `fmt` ("onnx" or "torchscript") next to it, or to `out`.

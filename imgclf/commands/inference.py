@@ -10,7 +10,10 @@ import argparse
 import json
 import sys
 
-from imgclf.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_ITEM_FAILED, EXIT_OK, InputError
+from imgclf.commands import run_command
+from imgclf.errors import EXIT_ITEM_FAILED, EXIT_OK
+
+PROG = "inference.py"
 
 
 def parse_args(
@@ -18,7 +21,7 @@ def parse_args(
 ) -> argparse.Namespace:
     """Parse the command line; `description` is the usage text --help prints above the options."""
     parser = argparse.ArgumentParser(
-        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=PROG, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add = parser.add_argument
     add(
@@ -41,6 +44,7 @@ def parse_args(
     )
     add(
         "--backend",
+        # imgclf.model.engines.BACKENDS, spelled out: importing it would load torch for --help.
         choices=("torch", "torchscript", "onnxruntime"),
         help="inference engine (default: torch for a .pth, else the exported file's own)",
     )
@@ -113,10 +117,12 @@ def parse_args(
 def run(args: argparse.Namespace) -> int:
     """Do what `args` ask and print the result; returns the exit code."""
     # Heavy imports after parsing, so --help answers at once.
-    from imgclf.serve import evaluation, export, prediction
+    from imgclf.evaluate import evaluation
+    from imgclf.model import export
+    from imgclf.predict import prediction
 
     if args.export:
-        path, spec = export.export_weights(args.weights, args.export)
+        path, spec = export.export_model(args.weights, args.export)
         print(f"wrote {path} ({spec.arch}, {len(spec.classes)} classes, preprocessing embedded)")
         return EXIT_OK
     if args.predict:
@@ -153,10 +159,4 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None, description: str | None = None) -> int:
     """Entry point: bad input ends with one line on stderr and exit code 2, no traceback."""
     args = parse_args(argv, description)
-    try:
-        return run(args)
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+    return run_command(lambda: run(args), prog=PROG)

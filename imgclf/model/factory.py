@@ -10,6 +10,7 @@ from torch import nn
 from torchvision import models
 
 from imgclf.errors import InputError
+from imgclf.model.tensorfile import load_tensor_file
 
 # arch name → (torchvision builder, ImageNet weights enum)
 ARCHITECTURES = {
@@ -52,10 +53,9 @@ def _local_state_dict(path: str) -> dict[str, torch.Tensor]:
             f"model.pretrained is {path!r}, which is neither 'imagenet' nor an existing file; "
             "give a path to a torchvision state dict or 'imagenet'."
         )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise InputError(f"{path} is not a readable PyTorch state dict ({error}).") from error
+    state = load_tensor_file(
+        path, "PyTorch state dict", "point model.pretrained at a torchvision state dict."
+    )
     # Accept our own weights files too: their state dict sits under "state_dict".
     return state.get("state_dict", state) if isinstance(state, dict) else state
 

@@ -21,15 +21,15 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 from tqdm import tqdm
 
-from imgclf.serve.decoding import decode_rgb
-from imgclf.serve.inputs import Item, read_item
-from imgclf.serve.predictor import Predictor
-from imgclf.serve.single_image import one_torch_thread
+from imgclf.decoding import decode_rgb
+from imgclf.model.predictor import Predictor
+from imgclf.model.single_image import one_torch_thread
+from imgclf.predict.inputs import Item, read_item
 
 DEFAULT_BATCH_SIZE = 32
 
 
-def default_workers() -> int:
+def inference_workers() -> int:
     """Loader processes: one per core, at most 4 (decoding small images saturates early)."""
     return min(4, os.cpu_count() or 1)
 
@@ -57,9 +57,8 @@ class ItemImages(Dataset):
 
     def warm_up(self, calls: int = 3) -> None:
         """Untimed decodes and preprocessing of a small JPEG, so that first-call costs (lazy
-        library set-up, first allocations) never land in an item's measured latency: without
-        it the first images of a run took 1.1-4.4 ms to decode and preprocess instead of
-        0.2 ms (100x100 demo photos, 2 cores)."""
+        library set-up, first allocations) never land in an item's measured latency (they
+        made the first images of a run several times slower: docs/benchmarks.md)."""
         for _ in range(calls):
             self._tensor(_warm_up_jpeg())
 
@@ -155,7 +154,7 @@ def predict_items(
     progress: str | None = None,
 ) -> Outcome:
     """Classify every item; `progress` is the tqdm description (None: no bar)."""
-    workers = default_workers() if workers is None else workers
+    workers = inference_workers() if workers is None else workers
     # Worker processes only pay off when there is more than one batch to overlap.
     workers = workers if len(items) > batch_size else 0
     dataset = ItemImages(items, predictor.preset)

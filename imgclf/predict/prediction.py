@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from imgclf.serve.batches import DEFAULT_BATCH_SIZE, Outcome, predict_items
-from imgclf.serve.inputs import expand_inputs
-from imgclf.serve.predictor import Predictor, load_predictor
+from imgclf.model.predictor import Predictor, load_predictor
+from imgclf.predict.batches import DEFAULT_BATCH_SIZE, Outcome, predict_items
+from imgclf.predict.inputs import expand_inputs
 
 
 @dataclass

@@ -12,8 +12,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as F
 
+from imgclf.decoding import _decodes_like_pillow, decode_rgb, jpeg_frame
 from imgclf.imaging import open_rgb
-from imgclf.serve.decoding import _decodes_like_pillow, decode_rgb, jpeg_frame
 from tests.conftest import DEMO_DATA
 
 

@@ -1,4 +1,5 @@
-"""Real weights files for the serve tests: a model whose head is fitted on tiny generated images.
+"""Real weights files for the model, predict and evaluate tests: a model whose head is fitted on
+tiny generated images (the fixtures are re-exported by those folders' conftest.py).
 
 Fitting only the head (on the frozen random backbone's features) takes a fraction of a second and
 separates the three colour-coded shapes, so accuracy checks are meaningful without training.
@@ -12,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from imgclf.dataset.presets import EvalPreset
 from imgclf.imaging import open_rgb
-from imgclf.train.models import build_model, head
-from imgclf.train.weights import WeightsFile, save_weights
+from imgclf.model.factory import build_model, head
+from imgclf.model.preprocessing import EvalPreset, Preprocessing
+from imgclf.model.weights import WeightsFile, save_weights
 from tests.conftest import ROOT, TINY_CLASSES, make_image_folder
 
 TRAIN_PER_CLASS = 8
@@ -74,7 +75,8 @@ def write_weights(
     classes = sorted(TINY_CLASSES)
     model = build_model(arch, len(classes))
     parts = tiny_split(root)
-    preset = EvalPreset(img_size=img_size)
+    preprocessing = Preprocessing.for_img_size(img_size)
+    preset = EvalPreset(preprocessing)
     if fitted:
         images = torch.stack([preset(open_rgb(root / rel)) for rel, _ in parts["train"]])
         labels = torch.tensor([classes.index(label) for _, label in parts["train"]])
@@ -86,10 +88,7 @@ def write_weights(
             arch=arch,
             classes=classes,
             state_dict=model.state_dict(),
-            img_size=img_size,
-            resize_size=preset.resize_size,
-            mean=preset.mean,
-            std=preset.std,
+            preprocessing=preprocessing,
             split={"root": str(root), "parts": parts},
             class_counts={"train": counts, "test": {label: 4 for label in classes}},
         ),

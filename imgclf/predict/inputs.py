@@ -13,13 +13,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from imgclf import __version__
-from imgclf.dataset.samples import IMAGE_SUFFIXES, image_files
+from imgclf import USER_AGENT
+from imgclf.dataset.samples import image_files
+from imgclf.imaging import IMAGE_SUFFIXES
 
 FETCH_TIMEOUT_S = 15.0
 # Refuse bodies above this size: a classifier input is never this large, a wrong URL may be.
 MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
-USER_AGENT = f"imgclf/{__version__} (+inference)"
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-from imgclf.dataset.presets import EvalPreset
-from imgclf.train.weights import WeightsFile
+from imgclf.model.preprocessing import Preprocessing
+from imgclf.model.weights import WeightsFile
 
 SPEC_KEY = "imgclf"
 SPEC_FORMAT = "imgclf-model"
@@ -26,10 +26,7 @@ class ModelSpec:
 
     arch: str
     classes: tuple[str, ...]
-    img_size: int
-    resize_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    preprocessing: Preprocessing
     source_sha256: str = ""
 
     @classmethod
@@ -38,24 +35,24 @@ class ModelSpec:
         return cls(
             arch=weights.arch,
             classes=tuple(weights.classes),
-            img_size=weights.img_size,
-            resize_size=weights.resize_size,
-            mean=tuple(weights.mean),
-            std=tuple(weights.std),
+            preprocessing=weights.preprocessing,
             source_sha256=source_sha256,
-        )
-
-    def eval_preset(self) -> EvalPreset:
-        """The eval transform the model was validated with."""
-        return EvalPreset(
-            img_size=self.img_size, resize_size=self.resize_size, mean=self.mean, std=self.std
         )
 
     def to_json(self) -> str:
         """JSON text with a format marker and a description of the model's input and output."""
-        payload = {"format": SPEC_FORMAT, "format_version": 1, **asdict(self)}
+        # The preprocessing keys sit at the top level, as in the weights file.
+        payload = {
+            "format": SPEC_FORMAT,
+            "format_version": 1,
+            "arch": self.arch,
+            "classes": list(self.classes),
+            **self.preprocessing.to_dict(),
+            "source_sha256": self.source_sha256,
+        }
+        size = self.preprocessing.img_size
         payload["input"] = (
-            f"{INPUT_NAME}: float32 [batch, 3, {self.img_size}, {self.img_size}], RGB scaled to "
+            f"{INPUT_NAME}: float32 [batch, 3, {size}, {size}], RGB scaled to "
             "0..1 then normalised with mean/std, after resizing the shorter side to resize_size "
             "and centre-cropping img_size"
         )
@@ -71,10 +68,7 @@ class ModelSpec:
         return cls(
             arch=payload["arch"],
             classes=tuple(payload["classes"]),
-            img_size=int(payload["img_size"]),
-            resize_size=int(payload["resize_size"]),
-            mean=tuple(payload["mean"]),
-            std=tuple(payload["std"]),
+            preprocessing=Preprocessing.from_dict(payload),
             source_sha256=payload.get("source_sha256", ""),
         )
 

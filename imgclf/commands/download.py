@@ -8,12 +8,16 @@ import re
 import sys
 from pathlib import Path
 
-from imgclf.acquire.fetcher import USER_AGENT, FetchOptions
+from imgclf import USER_AGENT
+from imgclf.acquire.fetcher import FetchOptions
 from imgclf.acquire.layout import MANIFEST_NAME, STATS_NAME
 from imgclf.acquire.pipeline import DownloadOptions, run_download
 from imgclf.acquire.stats import format_summary
 from imgclf.acquire.validator import ValidationOptions
-from imgclf.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, InputError
+from imgclf.commands import run_command
+from imgclf.errors import EXIT_INTERRUPTED, EXIT_OK, InputError
+
+PROG = "download_data.py"
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30}
@@ -31,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser; every option shows its default in --help."""
     defaults, checks = FetchOptions(), ValidationOptions()
     parser = argparse.ArgumentParser(
-        prog="download_data.py",
+        prog=PROG,
         description=DESCRIPTION,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -176,15 +180,12 @@ def options_from_args(args: argparse.Namespace) -> DownloadOptions:
 def main(argv: list[str] | None = None) -> int:
     """Run the downloader; returns 0 (done), 2 (bad argument or input) or 130 (interrupted)."""
     args = build_parser().parse_args(argv)
-    try:
-        options = options_from_args(args)
-        stats = run_download(options)
-    except InputError as error:
-        print(f"download_data.py: error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("download_data.py: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    return run_command(lambda: _download(args), prog=PROG)
+
+
+def _download(args: argparse.Namespace) -> int:
+    options = options_from_args(args)
+    stats = run_download(options)
     summary = format_summary(stats, options.out)
     print(summary.splitlines()[0] if args.quiet else summary)
     if not args.quiet:

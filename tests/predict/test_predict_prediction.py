@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from imgclf.serve.batches import ItemImages
-from imgclf.serve.prediction import predict_paths
-from imgclf.serve.predictor import load_predictor
+from imgclf.model.predictor import load_predictor
+from imgclf.predict.batches import ItemImages
+from imgclf.predict.prediction import predict_paths
 from tests.support.loopback import LoopbackServer, respond
 
 
