@@ -3,7 +3,10 @@
 - connection reuse with a global (`concurrency`) and a per-host (`per_host`) connection limit;
 - connect and total timeouts per attempt; only http/https, also after each redirect;
 - redirects followed by hand (at most `max_redirects`): aiohttp's own `max_redirects=N` follows
-  only N-1, and doing it here re-checks scheme and `--block-private` on every hop;
+  only N-1, and doing it here re-checks the scheme on every hop;
+- `--block-private`: only globally routable addresses are connected to, vetted by the
+  connector's own resolver (imgclf.acquire.addresses) on every request and hop, so a name that
+  answers differently the second time (DNS rebinding) cannot reach an internal address;
 - retries with exponential backoff and jitter for retryable failures only (connection errors,
   timeouts, a body cut short, 429, 5xx), waiting at least what `Retry-After` asks;
 - bodies streamed with a cap (`max_bytes`); over the cap or cut short is rejected, never kept;
@@ -15,17 +18,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
-import ipaddress
 import random
-import socket
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 import aiohttp
+from aiohttp.abc import AbstractResolver
 from yarl import URL
 
 from imgclf import USER_AGENT, USER_AGENT_TOKEN
+from imgclf.acquire import addresses
 from imgclf.acquire.reasons import http_reason, is_retryable
 
 OPT_OUT_DIRECTIVES = frozenset({"noai", "noimageai"})
@@ -53,6 +56,7 @@ class FetchOptions:
     max_redirects: int = 5
     honour_opt_out: bool = True
     block_private: bool = False
+    allowed_networks: tuple[str, ...] = ()  # with block_private: still reachable (CIDR)
     user_agent: str = USER_AGENT
 
 
@@ -77,14 +81,19 @@ class _Failure(Exception):
 class Fetcher:
     """Async context manager owning the HTTP session; `await fetch(url)` never raises."""
 
-    def __init__(self, options: FetchOptions) -> None:
+    def __init__(self, options: FetchOptions, *, lookup: AbstractResolver | None = None) -> None:
+        """`lookup` replaces the system's DNS resolution (tests; the guard still applies)."""
         self.options = options
+        self._lookup = lookup
+        self._allowed = addresses.parse_networks(options.allowed_networks)
         self._session: aiohttp.ClientSession | None = None
-        self._private_hosts: dict[str, bool] = {}
         self._hosts = HostSlots(options.per_host)
 
     async def __aenter__(self) -> Fetcher:
-        connector = aiohttp.TCPConnector(
+        connector = addresses.connector(
+            block_private=self.options.block_private,
+            allowed=self._allowed,
+            lookup=self._lookup,
             limit=self.options.concurrency,
             ttl_dns_cache=300,
         )
@@ -134,8 +143,12 @@ class Fetcher:
                 raise _Failure("unsupported_scheme")
             if not url.host:
                 raise _Failure("invalid_url")
-            if self.options.block_private and await self._is_private(url.host):
-                raise _Failure("blocked_private")
+            if self.options.block_private:
+                try:
+                    # IP literals: the connector's resolver never sees them.
+                    addresses.check_host(url.host, self._allowed)
+                except addresses.BlockedAddressError:
+                    raise _Failure("blocked_private") from None
             try:
                 async with (
                     self._hosts.slot(url.host),
@@ -160,7 +173,9 @@ class Fetcher:
                 raise _Failure("bad_response") from None
             except (aiohttp.InvalidURL, ValueError):
                 raise _Failure("invalid_url") from None
-            except (aiohttp.ClientError, OSError):
+            except (aiohttp.ClientError, OSError) as error:
+                if addresses.blocked_by_guard(error):
+                    raise _Failure("blocked_private") from None
                 raise _Failure("connection") from None
         raise _Failure("too_many_redirects")
 
@@ -183,25 +198,6 @@ class Fetcher:
                 raise _Failure("too_large")
             chunks.append(chunk)
         return b"".join(chunks)
-
-    async def _is_private(self, host: str) -> bool:
-        cached = self._private_hosts.get(host)
-        if cached is not None:
-            return cached
-        try:
-            addresses = [ipaddress.ip_address(host)]
-        except ValueError:
-            loop = asyncio.get_running_loop()
-            try:
-                infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-            except OSError:
-                raise _Failure("connection") from None
-            addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
-        private = any(_is_non_public(address) for address in addresses)
-        if len(self._private_hosts) > 10_000:  # a long list of hosts must not grow memory
-            self._private_hosts.clear()
-        self._private_hosts[host] = private
-        return private
 
 
 class HostSlots:
@@ -285,16 +281,3 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
-
-
-def _is_non_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return (
-        address.is_loopback
-        or address.is_private
-        or address.is_link_local
-        or address.is_multicast
-        or address.is_unspecified
-        or address.is_reserved
-    )

@@ -15,7 +15,8 @@ STATUSES = (OK, FAILED, DUPLICATE)
 REASONS: dict[str, str] = {
     "invalid_url": "the URL cannot be parsed or has no host",
     "unsupported_scheme": "the scheme is not http or https (also after a redirect)",
-    "blocked_private": ("--block-private: the host is loopback, private, link-local or multicast"),
+    "blocked_private": "--block-private: the host has no globally routable address (loopback, "
+    "private, CGNAT, link-local, multicast, reserved; checked on the address connected to)",
     "http_<code>": "the server answered with this HTTP status (e.g. http_404, http_500, http_429)",
     "too_many_redirects": "more than 5 redirects, or a redirect loop",
     "timeout": "connect or total timeout (--connect-timeout, --timeout)",
