@@ -27,12 +27,14 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from tqdm import tqdm
 
-from imgclf.acquire.batching import BatchedValidator
+from imgclf.acquire.batching import BatchedValidator, WorkerPool
 from imgclf.acquire.fetcher import Fetcher, FetchOptions, FetchResult
 from imgclf.acquire.importer import import_rows, iter_import, scan_import
 from imgclf.acquire.layout import (
@@ -111,14 +113,18 @@ def run_download(options: DownloadOptions) -> RunStats:
     remove_stale_temporaries(out)
     previous = recover_previous(out, rows)
     stats = RunStats(rows_total=summary.rows)
-    pool = _start_workers(options.workers)
+    workers = WorkerPool(partial(_start_workers, options.workers))
+    workers.submit(int)[1].result()  # every worker runs before asyncio and tqdm start threads
+    isolation = WorkerPool(partial(_start_workers, 1))  # started only if a worker dies
     try:
-        run = _Run(options, summary, previous, pool, stats)
+        run = _Run(options, summary, previous, workers, isolation, stats)
         asyncio.run(run.main())
         if previous is not None:
             previous.unlink()  # every row it held was carried into the new manifest
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        stats.worker_restarts = workers.restarts + isolation.restarts
+        workers.shutdown()
+        isolation.shutdown()
         if stats.interrupted:
             remove_stale_temporaries(out)  # staged by workers for rows that were dropped
         if stats.finished is None:
@@ -139,9 +145,7 @@ def _start_workers(workers: int) -> ProcessPoolExecutor:
         context = multiprocessing.get_context("forkserver" if sys.platform != "win32" else "spawn")
         if context.get_start_method() == "forkserver":
             context.set_forkserver_preload(["imgclf.acquire.validator"])
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=init_worker)
-    pool.submit(int).result()
-    return pool
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=init_worker)
 
 
 class _Run:
@@ -150,15 +154,16 @@ class _Run:
         options: DownloadOptions,
         summary: InputSummary,
         previous: Path | None,
-        pool: ProcessPoolExecutor,
+        workers: WorkerPool,
+        isolation: WorkerPool,
         stats: RunStats,
     ) -> None:
         self.options = options
         self.out = options.out
         self.folders = summary.folders
         self.cursor = ManifestCursor(read_manifest(previous)) if previous else None
-        self.pool = pool
-        self.validator = BatchedValidator(pool)
+        self.workers = workers
+        self.validator = BatchedValidator(workers, isolation)
         self.stats = stats
         self.seen: dict[str, tuple[str, str]] = {}  # sha256 -> (url, label) of the kept image
         self.stored: set[str] = set()  # paths committed as ok in this run
@@ -196,6 +201,7 @@ class _Run:
                 with contextlib.suppress(asyncio.CancelledError):
                     await producer
         finally:
+            await self.validator.aclose()
             self.progress.close()
             self.writer.close()
             self._remove_empty_folders()
@@ -272,10 +278,15 @@ class _Run:
         return await self._validate(job, result)
 
     async def _intact(self, old: ManifestRow) -> bool:
-        loop = asyncio.get_running_loop()
         path = str(self.out / old.path)
         check = stored_file_intact, path, old.sha256, old.bytes if old.bytes is not None else -1
-        return await loop.run_in_executor(self.pool, *check)
+        for _attempt in range(2):  # a worker dying meanwhile breaks this check too: once more
+            pool, future = self.workers.submit(*check)
+            try:
+                return await asyncio.wrap_future(future)
+            except BrokenProcessPool:
+                self.workers.replace(pool)
+        return False  # cannot tell: fetch it again
 
     async def _obtain(self, job: _Job) -> FetchResult:
         if self.options.import_from is None:

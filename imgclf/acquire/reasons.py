@@ -31,6 +31,8 @@ REASONS: dict[str, str] = {
     "too_many_pixels": "width x height above --max-pixels (checked before decoding: bombs)",
     "too_small": "the shorter side is below --min-side",
     "corrupt": "the image does not decode completely (truncated or corrupt data)",
+    "worker_crashed": "validating the image killed its worker process twice (decoder crash, "
+    "out of memory); the run went on with a fresh worker",
     "duplicate": "the same bytes were already stored for an earlier row (see duplicate_of)",
 }
 
