@@ -18,6 +18,7 @@ from imgclf.imaging import EXTENSIONS
 
 MANIFEST_NAME = "manifest.csv"
 STATS_NAME = "download_stats.json"
+LOCK_NAME = ".download.lock"
 
 
 def url_key(url: str) -> str:

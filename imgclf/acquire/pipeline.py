@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -45,6 +45,7 @@ from imgclf.acquire.layout import (
     remove_stale_temporaries,
     url_key,
 )
+from imgclf.acquire.lock import exclusive_output
 from imgclf.acquire.manifest import (
     ManifestCursor,
     ManifestRow,
@@ -110,6 +111,14 @@ def run_download(options: DownloadOptions) -> RunStats:
 
     out = options.out
     out.mkdir(parents=True, exist_ok=True)
+    with exclusive_output(out):  # a second run into `out` stops here with one sentence
+        return _run_locked(options, summary, rows)
+
+
+def _run_locked(
+    options: DownloadOptions, summary: InputSummary, rows: Callable[[], Iterator[UrlRow]]
+) -> RunStats:
+    out = options.out
     remove_stale_temporaries(out)
     previous = recover_previous(out, rows)
     stats = RunStats(rows_total=summary.rows)
