@@ -29,6 +29,7 @@ from yarl import URL
 
 from imgclf import USER_AGENT, USER_AGENT_TOKEN
 from imgclf.acquire import addresses
+from imgclf.acquire.reader import MAX_URL_LENGTH, URL_TOO_LONG
 from imgclf.acquire.reasons import http_reason, is_retryable
 
 OPT_OUT_DIRECTIVES = frozenset({"noai", "noimageai"})
@@ -233,7 +234,9 @@ class HostSlots:
 
 
 def check_url(url: str) -> str:
-    """'' when `url` looks fetchable, else `invalid_url` or `unsupported_scheme`."""
+    """'' when `url` looks fetchable, else `url_too_long`, `invalid_url`, `unsupported_scheme`."""
+    if len(url) > MAX_URL_LENGTH:
+        return URL_TOO_LONG
     try:
         parsed = URL(url)
     except (ValueError, TypeError):

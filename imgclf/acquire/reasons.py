@@ -14,6 +14,7 @@ STATUSES = (OK, FAILED, DUPLICATE)
 
 REASONS: dict[str, str] = {
     "invalid_url": "the URL cannot be parsed or has no host",
+    "url_too_long": "the URL is longer than 8192 characters (the manifest keeps a shortened form)",
     "unsupported_scheme": "the scheme is not http or https (also after a redirect)",
     "blocked_private": "--block-private: the host has no globally routable address (loopback, "
     "private, CGNAT, link-local, multicast, reserved; checked on the address connected to)",
@@ -26,6 +27,7 @@ REASONS: dict[str, str] = {
     "too_large": "the body is larger than --max-bytes (announced or while streaming)",
     "opted_out": "X-Robots-Tag says noai / noimageai (switch off with --ignore-opt-out)",
     "empty": "the body (or imported file) is empty",
+    "unreadable": "--import: the file or archive member cannot be read (bad CRC, I/O error)",
     "not_image": "the bytes are not an image (e.g. an HTML page served as image/jpeg)",
     "unsupported_format": "an image format other than JPEG, PNG, WebP, GIF, BMP or TIFF",
     "too_many_pixels": "width x height above --max-pixels (checked before decoding: bombs)",

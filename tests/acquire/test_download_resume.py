@@ -78,7 +78,7 @@ def start(url_list: Path, out: Path) -> subprocess.Popen:
 
 def wait_for_rows(out: Path, rows: int, process: subprocess.Popen) -> None:
     """Block until the manifest holds at least `rows` data rows (the run is mid-way)."""
-    manifest = out / "manifest.csv"
+    manifest = out / ".manifest.partial.csv"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if manifest.exists() and manifest.read_bytes().count(b"\n") > rows:
@@ -203,16 +203,15 @@ def test_ctrl_c_during_a_rerun_keeps_every_earlier_row(url_list, reference, tmp_
     for image in out.glob("*/*.jpg"):
         image.unlink()  # the rerun must fetch every image again: slow enough to interrupt
     process = start(url_list, out)
-    while not (out / ".manifest.previous.csv").exists():  # the run has set the old rows aside
-        assert process.poll() is None
-        time.sleep(0.005)
     wait_for_rows(out, 20, process)
+    # The previous manifest stays whole until the new one replaces it.
+    assert (out / "manifest.csv").read_bytes() == (reference / "manifest.csv").read_bytes()
     process.send_signal(signal.SIGINT)
     process.communicate(timeout=60)
     assert process.returncode == 130
     # Rows not reached yet come from the earlier run's manifest: nothing is forgotten.
     assert read_rows(out) == read_rows(reference)
-    assert not (out / ".manifest.previous.csv").exists()
+    assert not (out / ".manifest.partial.csv").exists()
     assert main(["--urls", str(url_list), "--out", str(out), *SLOW]) == 0
     assert snapshot(out) == snapshot(reference)
 
