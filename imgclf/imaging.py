@@ -12,11 +12,13 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-# Formats the downloader accepts (Pillow format names).
-ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+# Formats the downloader accepts (Pillow format names). MPO is what Pillow calls a JPEG from a
+# camera that appends more pictures (previews, stereo views) after the first one: it is a JPEG.
+ACCEPTED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 # File extension written for each accepted format.
 EXTENSIONS = {
     "JPEG": "jpg",
+    "MPO": "jpg",
     "PNG": "png",
     "WEBP": "webp",
     "GIF": "gif",

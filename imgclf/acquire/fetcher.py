@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import email.utils
 import random
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ OPT_OUT_DIRECTIVES = frozenset({"noai", "noimageai"})
 _DIRECTIVES_WITH_VALUE = frozenset(
     {"unavailable_after", "max-snippet", "max-image-preview", "max-video-preview"}
 )
+_BOT_NAME = re.compile(r"[a-z0-9][a-z0-9_.\-]*")
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 SCHEMES = frozenset({"http", "https"})
 _CHUNK = 64 * 1024
@@ -255,19 +257,21 @@ def check_url(url: str) -> str:
 def opted_out(values: list[str], token: str = USER_AGENT_TOKEN) -> bool:
     """True if an X-Robots-Tag value forbids AI use for every bot or for `token`.
 
-    A value is `directive, directive` or `bot: directive, ...`; only the second form can
-    target a single crawler, and then only ours counts.
+    A value is `directive, directive` or `bot: directive, directive`; a bot name applies to the
+    directives after it up to the next bot name. Proxies may fold several header lines into one
+    field joined by commas (`googlebot: noindex, imgclf: noai`), so one value can name several
+    bots: each part is read on its own. Only directives for every bot or for `token` count.
     """
     for value in values:
-        head, colon, tail = value.partition(":")
-        bot = head.strip().lower()
-        if colon and "," not in bot and bot not in _DIRECTIVES_WITH_VALUE:
-            if bot != token:
-                continue
-            value = tail
-        directives = {part.partition(":")[0].strip().lower() for part in value.split(",")}
-        if directives & OPT_OUT_DIRECTIVES:
-            return True
+        bot = ""  # directives before any bot name are for every bot
+        for part in value.split(","):
+            head, colon, tail = part.partition(":")
+            name = head.strip().lower()
+            if colon and _BOT_NAME.fullmatch(name) and name not in _DIRECTIVES_WITH_VALUE:
+                bot, part = name, tail
+            directive = part.partition(":")[0].strip().lower()
+            if directive in OPT_OUT_DIRECTIVES and bot in ("", token):
+                return True
     return False
 
 
