@@ -235,6 +235,21 @@ class HostSlots:
         return len(self._hosts)
 
 
+def fetch_once(url: str, options: FetchOptions) -> FetchResult:
+    """Fetch one URL from synchronous code with every limit of the downloader.
+
+    The total deadline per attempt (`timeout`, which a body trickling a byte at a time cannot
+    stretch), the byte cap, redirects, retries and `block_private` all apply. Must not be
+    called from a running event loop (use `Fetcher` there).
+    """
+
+    async def run() -> FetchResult:
+        async with Fetcher(options) as fetcher:
+            return await fetcher.fetch(url)
+
+    return asyncio.run(run())
+
+
 def check_url(url: str) -> str:
     """'' when `url` looks fetchable, else `url_too_long`, `invalid_url`, `unsupported_scheme`."""
     if len(url) > MAX_URL_LENGTH:

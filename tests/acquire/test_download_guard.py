@@ -11,11 +11,12 @@ import asyncio
 import socket
 
 import pytest
+from aiohttp import web
 from aiohttp.abc import AbstractResolver
 
 from imgclf.acquire import addresses
+from imgclf.acquire.fetcher import Fetcher, FetchOptions, fetch_once
 from imgclf.commands.download import main
-from imgclf.acquire.fetcher import Fetcher, FetchOptions
 from tests.acquire import sample_images as images
 from tests.acquire.faults import read_rows, write_list
 from tests.support.loopback import LoopbackServer, respond
@@ -221,3 +222,22 @@ def test_a_bad_allow_network_is_an_input_error(tmp_path, capsys):
     code = main(["--urls", str(urls), "--out", str(tmp_path / "o"), "--allow-network", "10.0/x"])
     assert code == 2
     assert "--allow-network" in capsys.readouterr().err
+
+
+def test_fetch_once_has_a_total_deadline_a_byte_cap_and_the_guard():
+    async def trickle(request):
+        response = web.StreamResponse(headers={"Content-Type": "image/jpeg"})
+        await response.prepare(request)
+        for _ in range(1000):  # a byte every 0.2 s: every read is quick, the body never ends
+            await response.write(b"\xff")
+            await asyncio.sleep(0.2)
+        return response
+
+    routes = {"/trickle.jpg": trickle, "/big.jpg": respond(b"\xff" * 300_000)}
+    with LoopbackServer(routes) as server:
+        quick = FetchOptions(timeout=1, retries=0, max_bytes=100_000)
+        assert fetch_once(server.url("/trickle.jpg"), quick).reason == "timeout"
+        assert fetch_once(server.url("/big.jpg"), quick).reason == "too_large"
+        guarded = FetchOptions(retries=0, block_private=True)
+        assert fetch_once(server.url("/big.jpg"), guarded).reason == "blocked_private"
+        assert server.hits["/big.jpg"] == 1
