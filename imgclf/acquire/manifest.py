@@ -21,6 +21,7 @@ import codecs
 import csv
 import dataclasses
 import hashlib
+import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -338,12 +339,25 @@ def unfinished_download(root: Path) -> str | None:
                 f"{root} holds {name}, left by a download that did not finish; rerun the same "
                 "download command to complete it, then read the folder."
             )
-    if (root / STATS_NAME).exists() and not (root / MANIFEST_NAME).exists():
+    stats = root / STATS_NAME
+    if stats.exists() and not (root / MANIFEST_NAME).exists():
         return (
             f"{root} holds {STATS_NAME} but no {MANIFEST_NAME}, so its download did not finish; "
             "rerun the same download command to complete it, then read the folder."
         )
+    if _interrupted(stats):
+        return (
+            f"{root}: its last download was interrupted ({STATS_NAME} says so), so part of the "
+            "list is missing; rerun the same download command to finish it, then read the folder."
+        )
     return None
+
+
+def _interrupted(stats: Path) -> bool:
+    try:
+        return json.loads(stats.read_text(encoding="utf-8")).get("interrupted") is True
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 class _TextSink:

@@ -230,3 +230,15 @@ def test_unencodable_text_from_json_is_refused_not_written(server, tmp_path):
     bad_label = json.dumps({"url": server.url("/img/1.jpg"), "label": "\udcff"}) + "\n"
     (tmp_path / "label.jsonl").write_text(bad_label, encoding="utf-8")
     assert download(tmp_path / "label.jsonl", tmp_path / "out2") == 2
+
+
+def test_a_folder_whose_download_was_interrupted_is_refused(server, tmp_path):
+    urls = write_list(tmp_path / "urls.csv", rows_for(server), header=("url", "label", "split"))
+    out = tmp_path / "out"
+    assert download(urls, out) == 0
+    stats = json.loads((out / "download_stats.json").read_text())
+    (out / "download_stats.json").write_text(json.dumps({**stats, "interrupted": True}))
+    with pytest.raises(InputError, match=r"its last download was interrupted"):
+        read_samples(out)
+    assert download(urls, out) == 0  # finishing it makes the folder readable again
+    assert read_samples(out)[0] == ["c0", "c1"]
