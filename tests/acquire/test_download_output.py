@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import resource
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +14,7 @@ from imgclf.acquire.labels import safe_label
 from tests.acquire import sample_images as images
 from tests.acquire.faults import read_rows, write_list
 from tests.support.loopback import LoopbackServer, respond
+from tests.support.readonly import read_only_wrapper
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "utils" / "download_data.py"
@@ -85,19 +84,6 @@ def test_a_full_disk_stops_with_one_sentence_and_the_rerun_completes(server, tmp
     assert done.returncode == 0, done.stderr
     assert [row["status"] for row in read_rows(out)] == ["ok"] * 5
     assert leftovers(out) == []
-
-
-def read_only_wrapper(out: Path) -> tuple[str, ...]:
-    """How to run a command that sees `out` read-only (a bind mount in its own namespace)."""
-    if os.geteuid() != 0:
-        out.chmod(0o555)
-        return ()
-    unshare = shutil.which("unshare")
-    probe = subprocess.run([unshare or "unshare", "-m", "true"], capture_output=True)
-    if not unshare or probe.returncode != 0:
-        pytest.skip("root without mount namespaces: cannot make a folder read-only")
-    script = f'mount --bind "{out}" "{out}" && mount -o remount,ro,bind "{out}" && exec "$@"'
-    return (unshare, "-m", "sh", "-c", script, "sh")
 
 
 def test_a_read_only_out_stops_with_one_sentence(server, tmp_path):
