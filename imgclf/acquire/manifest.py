@@ -202,32 +202,56 @@ def drop_partial_last_line(path: Path) -> None:
 class ManifestIndex:
     """Old rows of a manifest by (url, label): `take(row)` returns the old row for `row` once.
 
-    Memory: a key and a file offset per row (the rows themselves stay on disk and are read back
-    when taken). A URL listed twice with one label has two old rows, taken in order.
+    Memory: a key and a file offset per row, about 120 bytes (the rows themselves stay on disk
+    and are read back when taken). A URL listed twice with one label has two old rows, taken in
+    order.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._handle: IO[bytes] = open(path, "rb")  # noqa: SIM115 - closed by close()
-        self._offsets: dict[int, list[int]] = {}
+        # key -> offset, or a list of offsets in file order when the key occurs more than once
+        self._offsets: dict[int, int | list[int]] = {}
         records = _Records(self._handle, path, ("url", "label", "status"))
         self._columns = records.columns
         self._delimiter = records.delimiter
         for offset, _line, row in records:
-            self._offsets.setdefault(row_key(row.url, row.label), []).append(offset)
+            key = row_key(row.url, row.label)
+            known = self._offsets.get(key)
+            if known is None:
+                self._offsets[key] = offset
+            elif isinstance(known, list):
+                known.append(offset)
+            else:
+                self._offsets[key] = [known, offset]
 
     def take(self, row: UrlRow) -> ManifestRow | None:
         """The old row for input `row` (its split updated to the input's), or None."""
-        offsets = self._offsets.get(row_key(row.url, row.label))
-        while offsets:
-            old = self._row_at(offsets.pop(0))
+        key = row_key(row.url, row.label)
+        while (offset := self._pop(key)) is not None:
+            old = self._row_at(offset)
             if (old.url, old.label) == (row.url, row.label):  # not a 64-bit key collision
                 return old if old.split == row.split else dataclasses.replace(old, split=row.split)
         return None
 
+    def _pop(self, key: int) -> int | None:
+        known = self._offsets.get(key)
+        if isinstance(known, list):
+            offset = known.pop(0)
+            if not known:
+                del self._offsets[key]
+            return offset
+        if known is not None:
+            del self._offsets[key]
+        return known
+
     def rest(self) -> Iterator[ManifestRow]:
         """The rows not taken yet, in file order (each once)."""
-        remaining = sorted(offset for offsets in self._offsets.values() for offset in offsets)
+        remaining = sorted(
+            offset
+            for known in self._offsets.values()
+            for offset in (known if isinstance(known, list) else [known])
+        )
         self._offsets.clear()
         for offset in remaining:
             yield self._row_at(offset)

@@ -92,25 +92,12 @@ class _Outcome:
 
 
 def run_download(options: DownloadOptions) -> RunStats:
-    """Run a whole download or import; InputError before any work if the input is bad."""
-    if options.import_from is not None:
-        source = options.import_from
-        summary = scan_import(source)
+    """Run a whole download or import; InputError before any work if the input is bad.
 
-        def rows() -> Iterator[UrlRow]:
-            return import_rows(source)
-    else:
-        assert options.urls is not None
-        urls, ignore = options.urls, own_files(options.out)
-        if urls.resolve() in ignore:
-            raise InputError(
-                f"{urls} is the manifest this download writes; pass the URL list as --urls."
-            )
-        summary = scan_urls(urls, ignore)
-
-        def rows() -> Iterator[UrlRow]:
-            return iter_url_rows(urls, ignore)
-
+    Also InputError (one sentence) when `--out` cannot be written, is a file, overlaps the
+    import, or another run holds it.
+    """
+    summary, rows = _scan_input(options)
     out = options.out
     _check_out(options)
     try:
@@ -125,6 +112,18 @@ def run_download(options: DownloadOptions) -> RunStats:
             f"{out}: cannot write{where} ({error.strerror}); make --out writable or free disk "
             "space, then rerun the same command to resume."
         ) from None
+
+
+def _scan_input(options: DownloadOptions) -> tuple[InputSummary, Callable[[], Iterator[UrlRow]]]:
+    """Check the whole input once; return its summary and a way to read its rows again."""
+    if options.import_from is not None:
+        source = options.import_from
+        return scan_import(source), partial(import_rows, source)
+    assert options.urls is not None
+    urls, ignore = options.urls, own_files(options.out)
+    if urls.resolve() in ignore:
+        raise InputError(f"{urls} is the manifest this download writes; pass the URL list.")
+    return scan_urls(urls, ignore), partial(iter_url_rows, urls, ignore)
 
 
 def _run_locked(

@@ -108,6 +108,8 @@ def list_input_files(path: Path, ignore: frozenset[Path] = frozenset()) -> list[
     """
     if not path.exists():
         raise InputError(f"{path}: no such file or folder; pass --urls with a URL list.")
+    if not path.is_file() and not path.is_dir():  # a FIFO or device: read twice, or never ends
+        raise InputError(f"{path}: not a regular file or folder; save the URL list to a file.")
     if path.is_file():
         if _format_suffix(path) is None:
             raise InputError(f"{path}: unknown list format; use one of {', '.join(SUFFIXES)}.")

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import gzip
 import json
+import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from imgclf.commands.download import main
 from imgclf.acquire.lock import exclusive_output
@@ -59,18 +63,31 @@ def test_a_rerun_killed_early_keeps_the_manifest_and_the_dataset_refuses_the_fol
     before = (out / "manifest.csv").read_bytes()
     for image in out.glob("*/*.jpg"):
         image.unlink()  # the rerun has work to do
-    command = [sys.executable, str(SCRIPT), "--urls", str(urls), "--out", str(out), *QUIET]
-    process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE)
-    try:
-        while not (out / ".manifest.partial.csv").exists():
-            assert process.poll() is None, process.communicate()
-            time.sleep(0.002)
-        process.send_signal(signal.SIGKILL)  # a crash early in the rerun
-        process.wait()
-    finally:
-        process.kill()
-        process.communicate()
+    release = threading.Event()
+
+    async def held(request):  # keeps the rerun busy until it is killed
+        while not release.is_set():
+            await asyncio.sleep(0.01)
+        return web.Response(body=images.jpeg(seed=399), content_type="image/jpeg")
+
+    with LoopbackServer({"/hold.jpg": held}) as holder:
+        rows = [(holder.url("/hold.jpg"), "c0", ""), *rows_for(server)]
+        write_list(urls, rows, header=("url", "label", "split"))
+        command = [sys.executable, str(SCRIPT), "--urls", str(urls), "--out", str(out), *QUIET]
+        process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE)
+        try:
+            while holder.hits["/hold.jpg"] == 0:
+                assert process.poll() is None, process.communicate()
+                time.sleep(0.005)
+            process.send_signal(signal.SIGKILL)  # a crash early in the rerun
+            process.wait()
+        finally:
+            release.set()
+            process.kill()
+            process.communicate()
+    assert (out / ".manifest.partial.csv").exists()
     assert (out / "manifest.csv").read_bytes() == before
+    write_list(urls, rows_for(server), header=("url", "label", "split"))
     with pytest.raises(InputError, match=r"did not finish; rerun the same download") as error:
         read_samples(out)
     assert "\n" not in str(error.value)
@@ -242,3 +259,9 @@ def test_a_folder_whose_download_was_interrupted_is_refused(server, tmp_path):
         read_samples(out)
     assert download(urls, out) == 0  # finishing it makes the folder readable again
     assert read_samples(out)[0] == ["c0", "c1"]
+
+
+def test_a_fifo_as_the_url_list_is_an_input_error_not_a_hang(tmp_path, capsys):
+    os.mkfifo(tmp_path / "urls.csv")
+    assert download(tmp_path / "urls.csv", tmp_path / "out") == 2
+    assert "not a regular file or folder" in capsys.readouterr().err
