@@ -38,6 +38,7 @@ from tqdm import tqdm
 from imgclf.acquire.batching import BatchedValidator, WorkerPool
 from imgclf.acquire.fetcher import Fetcher, FetchOptions, FetchResult
 from imgclf.acquire.importer import import_rows, iter_import, scan_import
+from imgclf.acquire.labels import safe_label
 from imgclf.acquire.layout import (
     MANIFEST_NAME,
     PARTIAL_NAME,
@@ -130,6 +131,7 @@ def _run_locked(
     options: DownloadOptions, summary: InputSummary, rows: Callable[[], Iterator[UrlRow]]
 ) -> RunStats:
     out = options.out
+    _rename_old_label_folders(out)
     remove_stale_temporaries(out)
     previous = recover(out, rows)
     stats = RunStats(rows_total=summary.rows)
@@ -180,6 +182,24 @@ def _check_out(options: DownloadOptions) -> None:
                 f"--out {out} and --import {source} overlap, so the import would read its own "
                 "output; choose an --out outside the imported folder."
             )
+
+
+def _rename_old_label_folders(out: Path) -> None:
+    """Move a label folder named like one of our files (made by an older version) to its name now.
+
+    Before labels were kept off those names, a label `download_stats.json` got that folder, and
+    the stats file could never be written again.
+    """
+    for name in (MANIFEST_NAME, STATS_NAME):
+        folder = out / name
+        if folder.is_dir():
+            target = out / safe_label(name)
+            if target.exists():
+                raise InputError(
+                    f"{folder} is a folder (the label {name!r} of an older version) and {target} "
+                    "exists too; merge them into the second, then rerun."
+                )
+            os.rename(folder, target)
 
 
 def own_files(out: Path) -> frozenset[Path]:

@@ -121,3 +121,16 @@ def test_an_out_that_is_a_file_or_overlaps_the_import_is_refused(tmp_path, capsy
     for out in (source, source / "out"):
         assert main(["--import", str(source), "--out", str(out), *QUIET]) == 2
         assert "overlap" in capsys.readouterr().err
+
+
+def test_a_label_folder_an_older_version_named_download_stats_json_is_moved_aside(
+    server, tmp_path
+):
+    out = tmp_path / "out"
+    (out / "download_stats.json").mkdir(parents=True)  # what the older version left
+    (out / "download_stats.json" / "0123456789abcdef.jpg").write_bytes(images.jpeg(seed=9))
+    urls = write_list(tmp_path / "urls.csv", [(server.url("/img/0.jpg"), "download_stats.json")])
+    assert main(["--urls", str(urls), "--out", str(out), *QUIET]) == 0
+    assert (out / "download_stats.json").is_file()
+    assert (out / "_download_stats.json" / "0123456789abcdef.jpg").is_file()
+    assert read_rows(out)[0]["path"].startswith("_download_stats.json/")
