@@ -8,9 +8,9 @@ import struct
 import pytest
 from PIL import Image
 
-from imgclf.acquire.cli import main
 from imgclf.acquire.fetcher import opted_out
 from imgclf.acquire.validator import ValidationOptions, check_image
+from imgclf.commands.download import main
 from tests.acquire import sample_images as images
 from tests.acquire.faults import read_rows, write_list
 from tests.support.loopback import LoopbackServer, respond

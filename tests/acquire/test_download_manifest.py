@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from imgclf.commands.download import main
 from imgclf.acquire.lock import exclusive_output
 from imgclf.acquire.manifest import read_manifest
 from imgclf.acquire.reader import MAX_URL_LENGTH
+from imgclf.commands.download import main
 from imgclf.dataset.samples import read_samples
 from imgclf.errors import InputError
 from tests.acquire import sample_images as images

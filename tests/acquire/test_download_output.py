@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from imgclf.commands.download import main
 from imgclf.acquire.labels import safe_label
+from imgclf.commands.download import main
 from tests.acquire import sample_images as images
 from tests.acquire.faults import read_rows, write_list
 from tests.support.loopback import LoopbackServer, respond
