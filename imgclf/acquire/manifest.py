@@ -331,7 +331,7 @@ def _merge(
     try:
 
         def write_merged(handle: IO[bytes]) -> None:
-            text = _TextSink(handle)
+            text = TextSink(handle)
             writer = csv.writer(text, lineterminator="\n")
             writer.writerow(COLUMNS)
             for row in input_rows():
@@ -384,7 +384,7 @@ def _interrupted(stats: Path) -> bool:
         return False
 
 
-class _TextSink:
+class TextSink:
     """Minimal text adapter so csv.writer can write UTF-8 into a binary handle."""
 
     def __init__(self, handle: IO[bytes]) -> None:

@@ -11,6 +11,11 @@ Concurrency, bounded at every step so memory stays flat with the size of the inp
   exactly the files and manifest of an uninterrupted one.
 Ctrl-C / SIGTERM: stop reading, commit what is finished in order, drop the rest, keep earlier
 runs' rows, flush, and report `interrupted`.
+
+A shard of a distributed run (`shards.download_shard`) is one such run with `records` (its part
+manifest folder) apart from `out` and `shared_out` set: other shards write into the same label
+folders at the same time, so cleaning up temporaries, orphans and empty folders is left to the
+driver, which knows every shard.
 """
 
 from __future__ import annotations
@@ -60,6 +65,8 @@ from imgclf.acquire.validator import (
 )
 from imgclf.errors import InputError
 
+REPORT_SECONDS = 0.5
+
 
 @dataclass(frozen=True)
 class DownloadOptions:
@@ -74,6 +81,12 @@ class DownloadOptions:
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     window: int = 16_384
     progress: bool = True
+    # Where manifest.csv and download_stats.json go (default: `out`).
+    records: Path | None = None
+    # Other runs write into `out` at the same time (a shard): leave the cleanup to their driver.
+    shared_out: bool = False
+    # Called with the counts about twice a second and at the end (a shard's progress report).
+    report: Callable[[RunStats], None] | None = None
 
 
 @dataclass
@@ -103,7 +116,11 @@ def run_download(options: DownloadOptions) -> RunStats:
     _check_out(options)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        with exclusive_output(out):  # a second run into `out` stops here with one sentence
+        records = options.records or out
+        records.mkdir(parents=True, exist_ok=True)
+        # A second run into `out` stops here with one sentence (a shard locks its own folder;
+        # its driver holds the lock of `out`).
+        with exclusive_output(records):
             return _run_locked(options, summary, rows)
     except OSError as error:
         if error.errno not in UNWRITABLE:
@@ -131,9 +148,11 @@ def _run_locked(
     options: DownloadOptions, summary: InputSummary, rows: Callable[[], Iterator[UrlRow]]
 ) -> RunStats:
     out = options.out
-    _rename_old_label_folders(out)
-    remove_stale_temporaries(out)
-    previous = recover(out, rows)
+    records = options.records or out
+    if not options.shared_out:  # a shard's driver does this for every shard
+        _rename_old_label_folders(out)
+        remove_stale_temporaries(out)
+    previous = recover(records, rows)
     stats = RunStats(rows_total=summary.rows)
     workers = WorkerPool(partial(_start_workers, options.workers))
     workers.submit(int)[1].result()  # every worker runs before asyncio and tqdm start threads
@@ -143,7 +162,7 @@ def _run_locked(
         run = _Run(options, summary, previous, workers, isolation, stats)
         asyncio.run(run.main())
         # Only now, complete, the new manifest replaces the previous one (atomically).
-        os.replace(out / PARTIAL_NAME, out / MANIFEST_NAME)
+        os.replace(records / PARTIAL_NAME, records / MANIFEST_NAME)
         completed = True
     finally:
         stats.worker_restarts = workers.restarts + isolation.restarts
@@ -152,11 +171,11 @@ def _run_locked(
         # A failed run (disk full, ...) keeps its partial manifest for the rerun: no error here
         # may hide the one that stopped it.
         with contextlib.suppress(*(() if completed else (OSError,))):
-            if stats.interrupted or not completed:
+            if (stats.interrupted or not completed) and not options.shared_out:
                 remove_stale_temporaries(out)  # staged by workers for rows that were dropped
             if stats.finished is None:
                 stats.finished = time.time()
-            stats.save(out / STATS_NAME)
+            stats.save(records / STATS_NAME)
     return stats
 
 
@@ -246,6 +265,7 @@ class _Run:
         self.producing = True
         self.stopping = False
         self.waiting_job: _Job | None = None  # read from the input, not queued yet
+        self.reported = 0.0  # when `options.report` was last called
 
     async def main(self) -> None:
         loop = asyncio.get_running_loop()
@@ -255,7 +275,7 @@ class _Run:
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(signum, self._request_stop, signum)
-        self.writer = ManifestWriter(self.out / PARTIAL_NAME)
+        self.writer = ManifestWriter((self.options.records or self.out) / PARTIAL_NAME)
         self.progress = tqdm(
             total=self.stats.rows_total,
             unit="url",
@@ -283,9 +303,13 @@ class _Run:
             self._remove_empty_folders()
             self.stats.interrupted = self.stopping
             self.stats.finished = time.time()
+            if self.options.report is not None:
+                self.options.report(self.stats)
 
     def _remove_empty_folders(self) -> None:
         """A label whose every row failed or was a duplicate must not leave an empty class."""
+        if self.options.shared_out:
+            return  # another shard may be about to store an image there
         for folder in self.made_folders:
             with contextlib.suppress(OSError):
                 (self.out / folder).rmdir()
@@ -443,13 +467,25 @@ class _Run:
         self.writer.write(row)
         self.stats.add(row, reused=outcome.reused, written=written)
         self.progress.update()
+        if self.options.report is not None and time.monotonic() - self.reported > REPORT_SECONDS:
+            self.reported = time.monotonic()
+            self.options.report(self.stats)
 
     def _remove_orphans(self, job: _Job) -> None:
-        """A row that is not ok owns no file: remove one a killed or earlier run left behind."""
+        """A row that is not ok owns no file: remove one a killed or earlier run left behind.
+
+        With `shared_out` the file may belong to the same URL in another shard: it is only
+        listed in `stats.unowned`, and the driver removes it if no row of the merged manifest
+        owns it.
+        """
         for path in candidate_paths(self.out, job.folder, url_key(job.row.url)):
             relative = path.relative_to(self.out).as_posix()
-            if relative not in self.stored:
+            if relative in self.stored:
+                continue
+            if not self.options.shared_out:
                 path.unlink(missing_ok=True)
+            elif path.exists():
+                self.stats.unowned.append(relative)
 
     async def _drop_unfinished(self) -> None:
         """After Ctrl-C: cancel what is in flight, keep earlier runs' rows for it and the rest."""

@@ -33,6 +33,9 @@ class RunStats:
     label_conflicts: int = 0
     worker_restarts: int = 0  # validation pools rebuilt after a worker died
     conflict_examples: list[dict[str, str]] = field(default_factory=list)
+    # Files found where a row that is not ok would keep its image, left for the driver of a
+    # distributed run to remove (`DownloadOptions.shared_out`); not part of the JSON.
+    unowned: list[str] = field(default_factory=list)
 
     def add(self, row: ManifestRow, reused: bool, written: bool) -> None:
         """Count one committed manifest row."""

@@ -13,10 +13,11 @@ from imgclf.acquire.addresses import parse_networks
 from imgclf.acquire.fetcher import FetchOptions
 from imgclf.acquire.layout import MANIFEST_NAME, STATS_NAME
 from imgclf.acquire.pipeline import DownloadOptions, run_download
+from imgclf.acquire.shards import DEFAULT_SHARD_SIZE
 from imgclf.acquire.stats import format_summary
 from imgclf.acquire.validator import ValidationOptions
 from imgclf.commands import run_command
-from imgclf.errors import EXIT_INTERRUPTED, EXIT_OK, InputError
+from imgclf.errors import EXIT_INTERRUPTED, EXIT_ITEM_FAILED, EXIT_OK, InputError
 
 PROG = "download_data.py"
 
@@ -139,23 +140,52 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run = parser.add_argument_group("run")
     run.add_argument(
-        "--workers", type=int, default=os.cpu_count() or 1, help="validation worker processes"
+        "--workers",
+        type=int,
+        default=None,
+        help="validation worker processes (default: one per core; with --distributor ray: "
+        "one per shard task)",
     )
     run.add_argument(
         "--quiet",
         action="store_true",
         help="no progress bar (also off without a TTY), one-line summary",
     )
+    cluster = parser.add_argument_group("cluster (see docs/download.md)")
+    cluster.add_argument(
+        "--distributor",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this machine; ray: shards of the list as Ray tasks on a cluster",
+    )
+    cluster.add_argument(
+        "--ray-address",
+        default=None,
+        help="Ray cluster to join (host:port or auto); default: start one on this machine",
+    )
+    cluster.add_argument(
+        "--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="rows per Ray task"
+    )
+    cluster.add_argument(
+        "--max-shard-retries",
+        type=int,
+        default=3,
+        help="runs of a shard after its task failed or its worker died",
+    )
     return parser
 
 
 def options_from_args(args: argparse.Namespace) -> DownloadOptions:
     """DownloadOptions from parsed arguments; InputError for values out of range."""
-    for name in ("concurrency", "per_host", "workers", "max_pixels", "max_bytes"):
+    if args.ray_address is not None and args.distributor != "ray":
+        raise InputError("--ray-address is for --distributor ray; add it or drop the address.")
+    if args.workers is None:
+        args.workers = 1 if args.distributor == "ray" else os.cpu_count() or 1
+    for name in ("concurrency", "per_host", "workers", "max_pixels", "max_bytes", "shard_size"):
         _require(getattr(args, name) >= 1, name, "at least 1")
     for name in ("connect_timeout", "timeout"):
         _require(getattr(args, name) > 0, name, "greater than 0")
-    for name in ("retries", "retry_delay", "max_retry_wait", "min_side"):
+    for name in ("retries", "retry_delay", "max_retry_wait", "min_side", "max_shard_retries"):
         _require(getattr(args, name) >= 0, name, "0 or more")
     if args.resize is not None:
         _require(args.resize >= 1, "resize", "at least 1")
@@ -198,7 +228,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def _download(args: argparse.Namespace) -> int:
     options = options_from_args(args)
-    stats = run_download(options)
+    if args.distributor == "ray":
+        from imgclf.acquire import distributed  # imports Ray: only when asked for
+
+        ray_options = distributed.RayOptions(
+            args.ray_address, args.shard_size, args.max_shard_retries
+        )
+        try:
+            stats = distributed.run_distributed(options, ray_options)
+        except distributed.ShardsFailed as error:
+            print(f"{PROG}: {error}", file=sys.stderr)
+            return EXIT_ITEM_FAILED
+    else:
+        stats = run_download(options)
     summary = format_summary(stats, options.out)
     print(summary.splitlines()[0] if args.quiet else summary)
     if not args.quiet:
