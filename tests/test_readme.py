@@ -34,6 +34,7 @@ DOCKER_TEST = "tests/docker/test_docker_scripts.py::"
 TRAIN_TEST = "tests/train/test_train_run.py::"
 FAULTS_TEST = "tests/acquire/test_download_faults.py::"
 INPUT_TEST = "tests/acquire/test_download_input.py::"
+RAY_TEST = "tests/acquire/test_download_ray.py::"
 EVALUATION_TEST = "tests/evaluate/test_evaluate_evaluation.py::"
 PREDICT_TEST = "tests/predict/test_predict_prediction.py::"
 EXPORT_TEST = "tests/model/test_model_export.py::"
@@ -57,6 +58,12 @@ COVERAGE: dict[str, str] = {
     "python utils/download_data.py --help": (
         INPUT_TEST + "test_help_lists_every_option_with_its_default"
     ),
+    # docs/download.md: on a Ray cluster
+    "python utils/download_data.py --urls list.csv --out /shared/images --distributor ray": (
+        RAY_TEST + "test_ray_run_leaves_the_same_manifest_and_files_and_reruns_like_one"
+    ),
+    "python utils/download_data.py --urls list.csv --out /shared/images --distributor ray "
+    "--ray-address auto": RAY_TEST + "test_ctrl_c_of_the_driver_exits_130_and_a_rerun_completes",
     # how the download benchmark table in docs/benchmarks.md was produced
     "flock /tmp/imgclf-cpu.lock .venv/bin/python benchmarks/download.py": "record",
     # README.md and docs/training.md

@@ -276,7 +276,13 @@ def _connect(address: str | None) -> bool:
         if address:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         else:
-            ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+            # "local": a new cluster even if a stale `ray start` left its address behind.
+            ray.init(
+                address="local",
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+                log_to_driver=False,
+            )
     except (ConnectionError, RuntimeError, ValueError) as error:
         where = f"--ray-address {address}" if address else "a local Ray cluster"
         raise InputError(

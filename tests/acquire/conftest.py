@@ -42,7 +42,13 @@ def ray_cluster() -> Iterator[str]:
 
     # The workers import this checkout's code, whatever else is installed.
     code = {"env_vars": {"PYTHONPATH": str(ROOT)}}
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, runtime_env=code)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        runtime_env=code,
+    )
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
