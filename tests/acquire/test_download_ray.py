@@ -135,12 +135,16 @@ def test_a_killed_worker_is_retried_and_fetches_nothing_it_had_committed(
     out = tmp_path / "ray"
     part = out / ".shards" / "000000" / "manifest.csv"
     committed: list[str] = []
-    killer = threading.Thread(target=_kill_the_writer_of, args=(part, 8, committed))
+    finished = threading.Event()
+    killer = threading.Thread(target=_kill_the_writer_of, args=(part, 8, committed, finished))
     killer.start()
     before = server.hits.copy()
     arguments = ["--urls", str(slow_list), "--out", str(out), *SLOW]
-    assert main([*arguments, *ray_args("--shard-size", "30", "--max-shard-retries", "2")]) == 0
-    killer.join()
+    try:
+        assert main([*arguments, *ray_args("--shard-size", "30", "--max-shard-retries", "2")]) == 0
+    finally:
+        finished.set()
+        killer.join()
     assert len(committed) >= 8, "the worker was killed mid-shard"
     assert snapshot(out) == snapshot(one)
     fetched = server.hits - before
@@ -148,10 +152,11 @@ def test_a_killed_worker_is_retried_and_fetches_nothing_it_had_committed(
     assert again == [], "rows committed before the kill were fetched again"
 
 
-def _kill_the_writer_of(part: Path, rows: int, committed: list[str]) -> None:
+def _kill_the_writer_of(
+    part: Path, rows: int, committed: list[str], finished: threading.Event
+) -> None:
     """SIGKILL the process writing `part` once it holds `rows` rows; record those rows."""
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+    while not finished.is_set():
         if part.exists() and part.read_bytes().count(b"\n") > rows:
             for process in psutil.process_iter():
                 try:
