@@ -19,7 +19,8 @@ be delayed (`--latency`, seconds) to mimic the internet. For each latency it mea
               started before the run (a cluster is already up when a team uses one; its start
               time is printed apart), `--shard-size` 1,000;
   img2dataset (--img2dataset PATH) the tool teams use today, from its own venv: its defaults
-              (resize to 256 px with a border, files output) with one process per core.
+              (resize to 256 px with a border, files output) with one process per core; at the
+              first latency only (it is slow).
 
 It prints URLs per second (every URL counts, faulty ones too), the ratio to the ceiling, and
 the peak memory (RSS, main process + workers) of the imgclf run. `--driver-memory N ...` runs the
@@ -341,7 +342,7 @@ def main() -> None:
                 assert code == 0, f"download_data.py --distributor ray exited with {code}"
                 ray_third_s = run_ray(third, Path(scratch) / f"ray-third-{latency}", workers)[0]
                 extra.append((latency, imgclf_s, third_s, ray_s, ray_third_s, driver_mib, start_s))
-            if args.img2dataset:
+            if args.img2dataset and latency == args.latency[0]:  # a minute or two per row
                 i2d_s = run_img2dataset(
                     args.img2dataset, list_path, Path(scratch) / f"i2d-{latency}", workers
                 )
