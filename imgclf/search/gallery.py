@@ -240,6 +240,17 @@ def build_gallery(
     return BuildReport(gallery, len(fresh), len(items) - len(fresh), dropped, failed, notes)
 
 
+def check_new_class(gallery: Gallery, name: str, folder: str | Path) -> None:
+    """Refuse a class name the index already has (a model class or an added one)."""
+    if not name.strip():
+        raise InputError("The new class needs a name that is not empty.")
+    if name in gallery.prototype_classes or name in gallery.meta.get("model_classes", []):
+        raise InputError(
+            f"Class {name!r} already exists in {folder}; choose another name "
+            "(add-class only adds new classes)."
+        )
+
+
 def add_class(
     folder: str | Path,
     gallery: Gallery,
@@ -249,11 +260,7 @@ def add_class(
     model: ModelInfo,
 ) -> Gallery:
     """A new class from `records` (already embedded into `vectors`), written into `folder`."""
-    if name in gallery.prototype_classes:
-        raise InputError(
-            f"Class {name!r} already exists in {folder}; choose another name "
-            "(add-class only adds new classes)."
-        )
+    check_new_class(gallery, name, folder)
     if not records:
         raise InputError(f"No image of the new class {name!r} could be embedded; nothing changed.")
     known = {
