@@ -12,7 +12,8 @@ embeddings, not uniform on the sphere (where every point is about equally far fr
 other and nearest neighbours mean nothing): `--clusters` centres drawn uniformly on the
 sphere, each vector its centre plus Gaussian noise of total length `--spread` (per dimension
 spread/sqrt(dim)), then normalised; with the defaults a vector's cosine to its own centre is
-about 0.7 and to another centre about 0. Queries are fresh vectors from the same mixture, not gallery members.
+about 0.7 and to another centre about 0. Queries are fresh vectors from the same mixture,
+not gallery members.
 
 Rows: queries on one thread (faiss.omp_set_num_threads(1)), one at a time as a user sends
 them; index builds and the nprobe calibration on all cores:
