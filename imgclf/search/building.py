@@ -53,9 +53,9 @@ def assign_splits(root: Path, samples: list[Sample], stored: dict) -> tuple[dict
     if any(s.split for s in samples):
         split = {s.path: "test" if s.split == "test" else "train" for s in samples}
         return split, f"the split column of {root}/manifest.csv"
-    parts = split_samples(
-        samples, val_fraction=0.0, seed=SEEDED_SPLIT_SEED, test_fraction=SEEDED_TEST_FRACTION
-    )
+    # The dataset's own split, with its default valid share: train / valid / test as training
+    # would have cut this folder with test_fraction 0.15 (the seed may differ from the run's).
+    parts = split_samples(samples, seed=SEEDED_SPLIT_SEED, test_fraction=SEEDED_TEST_FRACTION)
     source = (
         f"a seeded split made here ({SEEDED_TEST_FRACTION:.0%} test per class): the weights "
         f"store no split of {root}, so the model may have trained on these test images"

@@ -21,7 +21,7 @@ from imgclf.predict.batches import (
     DEFAULT_BATCH_SIZE,
     ItemImages,
     collate,
-    default_workers,
+    inference_workers,
     warm_up_worker,
 )
 from imgclf.predict.inputs import Item, read_item
@@ -41,7 +41,7 @@ class EmbedderSettings:
 
 def embed_items(predictor, items: Sequence[Item], settings: EmbedderSettings) -> Embedded:
     """Unit embeddings (N, D) and logits (N, K) of `items`; failed rows NaN, reasons in errors."""
-    workers = default_workers() if settings.workers is None else settings.workers
+    workers = inference_workers() if settings.workers is None else settings.workers
     workers = workers if len(items) > settings.batch_size else 0
     dataset = ItemImages(items, predictor.preset)
     loader = DataLoader(
