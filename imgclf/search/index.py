@@ -27,10 +27,11 @@ import numpy as np
 
 from imgclf.errors import InputError
 
-# Exact search up to this many items. Measured with benchmarks/search.py on this 2-core
-# sandbox, one thread, 1,024-d: an exact query costs about 0.1 ms per 1,000 items, so 200,000
-# items answer in about 20 ms, the budget for one query; above it IVF is many times faster.
-EXACT_MAX_ITEMS = 200_000
+# Exact search up to this many items. Measured with benchmarks/search.py (2-core development
+# machine under load, one thread, 576-d, 2026-12-01): one exact query took 3 ms over 10,000
+# items, 37 ms over 50,000, 119 ms over 200,000; 50,000 keeps a query within a few tens of ms,
+# above it the IVF index answers many times faster (docs/search.md).
+EXACT_MAX_ITEMS = 50_000
 RECALL_TARGET = 0.95
 KINDS = ("auto", "exact", "approximate")
 TRAIN_PER_LIST = 64

@@ -90,7 +90,7 @@ def test_build_stores_the_weights_split_and_a_rerun_embeds_nothing(
     )
     out = capsys.readouterr().out
     assert "(0 embedded now, 36 reused, 0 dropped)" in out
-    assert "exact IndexFlatIP (36 items <= 200,000)" in out
+    assert "exact IndexFlatIP (36 items <= 50,000)" in out
 
 
 def test_query_files_folders_and_urls_ranks_like_numpy(cli, built, tiny_root, tmp_path, capsys):
