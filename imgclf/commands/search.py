@@ -28,6 +28,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     add("--batch-size", type=int, default=32, metavar="N", help="images per model call (32)")
     add("--workers", type=int, metavar="N", help="image loading processes (default: per core)")
+    add(
+        "--allow-private-urls",
+        action="store_true",
+        help="also fetch URLs on loopback, private or link-local addresses (refused by default)",
+    )
 
 
 def parse_args(argv: list[str] | None = None, description: str | None = None):
@@ -102,7 +107,11 @@ def run(args: argparse.Namespace) -> int:
     # Heavy imports after parsing, so --help answers at once.
     from imgclf.search.embedding import EmbedderSettings
 
-    settings = EmbedderSettings(batch_size=args.batch_size, workers=args.workers)
+    settings = EmbedderSettings(
+        batch_size=args.batch_size,
+        workers=args.workers,
+        block_private=not args.allow_private_urls,
+    )
     if args.command == "build":
         from imgclf.search import building
 
@@ -135,7 +144,11 @@ def run(args: argparse.Namespace) -> int:
             if args.json
             else querying.format_query(result.payload)
         )
-        picture = pictures.plot_similar(result.payload, Path(args.pictures) / "similar.png")
+        picture = pictures.plot_similar(
+            result.payload,
+            Path(args.pictures) / "similar.png",
+            block_private=settings.block_private,
+        )
         if picture and not args.json:
             print(f"wrote {picture}")
         return EXIT_ITEM_FAILED if result.failed else EXIT_OK

@@ -41,12 +41,9 @@ def add_class_from(
     gallery, model = open_index(index, None, backend)
     check_new_class(gallery, name, index)
     items = expand_inputs(sources)
-    readable, failed = read_and_hash(items)
-    embedded = embed_items(
-        model.predictor,
-        [item for item, _ in readable],
-        settings or EmbedderSettings(progress=None),
-    )
+    settings = settings or EmbedderSettings(progress=None)
+    readable, failed = read_and_hash(items, block_private=settings.block_private)
+    embedded = embed_items(model.predictor, [item for item, _ in readable], settings)
     failures = list(failed.items())
     records, vectors = [], {}
     for n, (item, sha256) in enumerate(readable):

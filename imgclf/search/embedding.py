@@ -32,18 +32,20 @@ from imgclf.search.index import as_unit_float32
 @dataclass
 class EmbedderSettings:
     """How to batch: images per engine call, loader processes (None: one per core, at most 4),
-    and the progress bar's label (None: no bar)."""
+    the progress bar's label (None: no bar), and whether URLs may reach only globally routable
+    addresses (imgclf.predict.inputs's guard; --allow-private-urls turns it off)."""
 
     batch_size: int = DEFAULT_BATCH_SIZE
     workers: int | None = None
     progress: str | None = "embedding"
+    block_private: bool = True
 
 
 def embed_items(predictor, items: Sequence[Item], settings: EmbedderSettings) -> Embedded:
     """Unit embeddings (N, D) and logits (N, K) of `items`; failed rows NaN, reasons in errors."""
     workers = inference_workers() if settings.workers is None else settings.workers
     workers = workers if len(items) > settings.batch_size else 0
-    dataset = ItemImages(items, predictor.preset)
+    dataset = ItemImages(items, predictor.preset, block_private=settings.block_private)
     loader = DataLoader(
         dataset,
         batch_size=settings.batch_size,
@@ -83,7 +85,9 @@ class PathEmbedder:
         return embed_items(self.predictor, [Item(s) for s in sources], self.settings)
 
 
-def read_and_hash(items: Sequence[Item]) -> tuple[list[tuple[Item, str]], dict[str, str]]:
+def read_and_hash(
+    items: Sequence[Item], *, block_private: bool = True
+) -> tuple[list[tuple[Item, str]], dict[str, str]]:
     """(item, sha256 of its bytes) for every readable item, and source → reason for the rest.
 
     For add-class and query, whose few inputs are read in the main process: the bytes are hashed
@@ -96,7 +100,8 @@ def read_and_hash(items: Sequence[Item]) -> tuple[list[tuple[Item, str]], dict[s
             failed[item.source] = item.error
             continue
         try:
-            read.append((item, hashlib.sha256(read_item(item)).hexdigest()))
+            data = read_item(item, block_private=block_private)
+            read.append((item, hashlib.sha256(data).hexdigest()))
         except OSError as error:
             failed[item.source] = str(error) or type(error).__name__
     return read, failed

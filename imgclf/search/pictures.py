@@ -36,17 +36,19 @@ def _save(figure, path: str | Path) -> Path:
     return atomic_write_bytes(path, buffer.getvalue())
 
 
-def _tile(axis, source: str, title: str) -> None:
+def _tile(axis, source: str, title: str, block_private: bool) -> None:
     axis.set_xticks([])
     axis.set_yticks([])
     axis.set_title(title, fontsize=8)
     try:
-        axis.imshow(open_rgb(read_item(Item(source))))
+        axis.imshow(open_rgb(read_item(Item(source), block_private=block_private)))
     except Exception as error:  # a picture is never worth failing the command for
         axis.text(0.5, 0.5, f"cannot show\n{type(error).__name__}", ha="center", va="center")
 
 
-def plot_similar(payload: dict[str, Any], path: str | Path) -> Path | None:
+def plot_similar(
+    payload: dict[str, Any], path: str | Path, *, block_private: bool = True
+) -> Path | None:
     """One row per answered query (at most MAX_QUERIES_SHOWN): the query, then its neighbours
     with label and cosine score. None when no query was answered."""
     answered = [r for r in payload["results"] if "error" not in r][:MAX_QUERIES_SHOWN]
@@ -59,12 +61,14 @@ def plot_similar(payload: dict[str, Any], path: str | Path) -> Path | None:
     )
     for row, result in zip(axes, answered, strict=True):
         proto = result["prototype"]
-        _tile(row[0], result["input"], f"query\n{proto['class']} {proto['score']:.2f}")
+        title = f"query\n{proto['class']} {proto['score']:.2f}"
+        _tile(row[0], result["input"], title, block_private)
         for axis in row[1:]:
             axis.axis("off")
         for axis, neighbour in zip(row[1:], result["neighbours"], strict=False):
             axis.axis("on")
-            _tile(axis, neighbour["path"], f"{neighbour['label']}  {neighbour['score']:.3f}")
+            title = f"{neighbour['label']}  {neighbour['score']:.3f}"
+            _tile(axis, neighbour["path"], title, block_private)
     figure.suptitle("query (nearest prototype) and its nearest gallery images (cosine)")
     return _save(figure, path)
 

@@ -108,6 +108,7 @@ def test_query_files_folders_and_urls_ranks_like_numpy(cli, built, tiny_root, tm
                 "--k",
                 "4",
                 "--json",
+                "--allow-private-urls",
                 "--workers",
                 "0",
                 "--pictures",
