@@ -38,6 +38,7 @@ RAY_TEST = "tests/acquire/test_download_ray.py::"
 EVALUATION_TEST = "tests/evaluate/test_evaluate_evaluation.py::"
 PREDICT_TEST = "tests/predict/test_predict_prediction.py::"
 EXPORT_TEST = "tests/model/test_model_export.py::"
+SEARCH_TEST = "tests/search/test_search_cli.py::"
 COVERAGE: dict[str, str] = {
     # README.md (quick start), CI
     "make test": "ci",
@@ -147,6 +148,50 @@ COVERAGE: dict[str, str] = {
     "docker/run_volume.sh '~/pets' python utils/download_data.py --urls data/urls.csv": (
         DOCKER_TEST + "test_run_volume_resolves_a_relative_folder_and_passes_the_command"
     ),
+    # docs/search.md
+    "python utils/search.py build --weights weights/mobilenet_v3_small.pth "
+    "--data data/demo/sign_language_digits --index index/": (
+        SEARCH_TEST + "test_build_stores_the_weights_split_and_a_rerun_embeds_nothing"
+    ),
+    "python utils/search.py query data/demo/sign_language_digits/3/IMG_1121.jpg "
+    "https://example.com/hand.jpg --index index/ --k 5": (
+        SEARCH_TEST + "test_query_files_folders_and_urls_ranks_like_numpy"
+    ),
+    "python utils/search.py query some/folder/ --index index/ --json": (
+        SEARCH_TEST + "test_query_files_folders_and_urls_ranks_like_numpy"
+    ),
+    "python utils/search.py evaluate --index index/": (
+        SEARCH_TEST + "test_evaluate_reports_retrieval_beside_the_classifier"
+    ),
+    "python utils/search.py add-class NAME some/folder/ --index index/": (
+        SEARCH_TEST + "test_add_class_then_query_answers_the_new_class"
+    ),
+    "python utils/search.py --help": SEARCH_TEST + "test_help_lists_every_command",
+    # docs/search.md: the few-shot run and the search benchmark (minutes of CPU: not rerun)
+    "OMP_NUM_THREADS=1 catalyst-dl run --config configs/config.yaml configs/fewshot.yaml": (
+        "record"
+    ),
+    "python utils/search.py build --weights logs/fewshot/fewshot_mobilenet_v3_small.pth "
+    "--data data/demo/sign_language_digits --index index/fewshot": "record",
+    "python utils/search.py evaluate --index index/fewshot --data data/demo/sign_language_digits "
+    "--out reports/fewshot_before --pictures reports/fewshot_before": "record",
+    "python utils/search.py add-class 8 "
+    "data/demo/sign_language_digits/8/IMG_1126.jpg "
+    "data/demo/sign_language_digits/8/IMG_1136.jpg "
+    "data/demo/sign_language_digits/8/IMG_1146.jpg "
+    "data/demo/sign_language_digits/8/IMG_1156.jpg "
+    "data/demo/sign_language_digits/8/IMG_1166.jpg "
+    "--index index/fewshot": "record",
+    "python utils/search.py add-class 9 "
+    "data/demo/sign_language_digits/9/IMG_1127.jpg "
+    "data/demo/sign_language_digits/9/IMG_1137.jpg "
+    "data/demo/sign_language_digits/9/IMG_1147.jpg "
+    "data/demo/sign_language_digits/9/IMG_1157.jpg "
+    "data/demo/sign_language_digits/9/IMG_1168.jpg "
+    "--index index/fewshot": "record",
+    "python utils/search.py evaluate --index index/fewshot --data data/demo/sign_language_digits "
+    "--out reports/fewshot --pictures reports/fewshot": "record",
+    "flock /tmp/imgclf-cpu.lock .venv/bin/python benchmarks/search.py": "record",
 }
 
 FENCE = re.compile(r"^```(\w*)\s*$")

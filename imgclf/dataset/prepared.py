@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,6 +125,8 @@ def prepare_data(
     progress: bool = True,
     resize_size: int | None = None,
     workers: int | None = None,
+    classes: Sequence[str] | None = None,
+    exclude_classes: Sequence[str] = (),
 ) -> PreparedData:
     """Read `root` (manifest or `<label>/` folders), split it, build or reuse the cache.
 
@@ -133,9 +136,11 @@ def prepare_data(
     Cache: images decoded once at `resize_size` (default `resize_size_for(img_size)`, the eval
     preset's resize) under `cache_dir` (default `<root>/.cache`), using `workers` processes
     (default: all cores). Images that cannot be decoded are left out with a warning.
+    Classes: only `classes` (all when None), minus `exclude_classes` (data.classes and
+    data.exclude_classes; e.g. to train without some classes and add them later by search).
     """
     root = Path(root)
-    classes, samples = read_samples(root)
+    classes, samples = select_classes(root, *read_samples(root), classes, exclude_classes)
     parts = split_samples(
         samples, val_fraction=val_fraction, seed=seed, test_fraction=test_fraction
     )
@@ -170,6 +175,32 @@ def prepare_data(
         rows={sample.path: index for index, sample in enumerate(samples)},
         skipped=skipped,
     )
+
+
+def select_classes(
+    root: Path,
+    classes: list[str],
+    samples: list[Sample],
+    keep: Sequence[str] | None,
+    exclude: Sequence[str],
+) -> tuple[list[str], list[Sample]]:
+    """The classes in `keep` (all when None) minus `exclude`, and their samples; a name that is
+    not a class of `root`, or fewer than two classes left, raises InputError."""
+    for key, names in (("data.classes", keep or ()), ("data.exclude_classes", exclude)):
+        unknown = [name for name in names if name not in classes]
+        if unknown:
+            raise InputError(
+                f"{key} names {unknown[0]!r}, which is not a class of {root}; "
+                f"its classes are: {', '.join(classes)}."
+            )
+    chosen = [c for c in classes if (keep is None or c in keep) and c not in exclude]
+    if len(chosen) < 2:
+        raise InputError(
+            f"data.classes / data.exclude_classes leave {len(chosen)} class of {root}; "
+            "a classifier needs at least two."
+        )
+    wanted = set(chosen)
+    return chosen, [sample for sample in samples if sample.label in wanted]
 
 
 def _count(classes: list[str], samples: list[Sample]) -> dict[str, int]:

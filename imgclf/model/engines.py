@@ -1,4 +1,7 @@
-"""Inference engines: each turns a preprocessed batch (B, 3, H, W) into logits (B, K).
+"""Inference engines: each turns a preprocessed batch (B, 3, H, W) into logits (B, K), and with
+`embed` into (logits, embedding (B, D)), the penultimate features the head reads (the search's
+embeddings). Files exported before the embedding output existed still give logits; `embed`
+on them says to export again.
 
 Eager torch (channels-last, `torch.inference_mode`), TorchScript, ONNX Runtime (CPU). An engine
 knows nothing of classes or preprocessing (that is the `ModelSpec`'s job); `open_exported` opens
@@ -15,22 +18,45 @@ import torch
 
 from imgclf.errors import InputError
 from imgclf.model.export import TORCHSCRIPT_SPEC_FILE, quiet_torchscript
-from imgclf.model.spec import INPUT_NAME, OUTPUT_NAME, SPEC_KEY, ModelSpec
+from imgclf.model.factory import WithEmbedding
+from imgclf.model.spec import EMBEDDING_NAME, INPUT_NAME, OUTPUT_NAME, SPEC_KEY, ModelSpec
 
 BACKENDS = ("torch", "torchscript", "onnxruntime")
 
 
+def _no_embedding(kind: str, fmt: str) -> InputError:
+    return InputError(
+        f"This {kind} model has no embedding output (exported before imgclf had one); export "
+        f"it again with: python utils/inference.py --export {fmt}"
+    )
+
+
+def _logits(output) -> torch.Tensor:
+    """The logits of a one-output (older file, plain model) or two-output module."""
+    return output[0] if isinstance(output, tuple) else output
+
+
 class TorchEngine:
-    """Eager PyTorch in channels-last memory format (faster convolutions on CPU)."""
+    """Eager PyTorch in channels-last memory format (faster convolutions on CPU); `embed`
+    needs the model wrapped by imgclf.model.factory.with_embedding."""
 
     name = "torch"
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model.eval().to(memory_format=torch.channels_last)
 
-    def __call__(self, batch: torch.Tensor) -> np.ndarray:
+    def _run(self, batch: torch.Tensor):
         with torch.inference_mode():
-            return self.model(batch.contiguous(memory_format=torch.channels_last)).numpy()
+            return self.model(batch.contiguous(memory_format=torch.channels_last))
+
+    def __call__(self, batch: torch.Tensor) -> np.ndarray:
+        return _logits(self._run(batch)).numpy()
+
+    def embed(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        if not isinstance(self.model, WithEmbedding):
+            raise TypeError("TorchEngine.embed needs a model wrapped by with_embedding")
+        logits, embedding = self._run(batch)
+        return logits.numpy(), embedding.numpy()
 
 
 class TorchScriptEngine:
@@ -43,7 +69,14 @@ class TorchScriptEngine:
 
     def __call__(self, batch: torch.Tensor) -> np.ndarray:
         with torch.inference_mode():
-            return self.module(batch).numpy()
+            return _logits(self.module(batch)).numpy()
+
+    def embed(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        with torch.inference_mode():
+            output = self.module(batch)
+        if not isinstance(output, tuple):
+            raise _no_embedding("TorchScript", "torchscript")
+        return output[0].numpy(), output[1].numpy()
 
 
 class OnnxRuntimeEngine:
@@ -85,6 +118,15 @@ class OnnxRuntimeEngine:
     def __call__(self, batch: torch.Tensor) -> np.ndarray:
         session = self.single_image_session() if batch.shape[0] == 1 else self.session
         return session.run([OUTPUT_NAME], {INPUT_NAME: batch.contiguous().numpy()})[0]
+
+    def embed(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        if EMBEDDING_NAME not in {output.name for output in self.session.get_outputs()}:
+            raise _no_embedding("ONNX", "onnx")
+        session = self.single_image_session() if batch.shape[0] == 1 else self.session
+        logits, embedding = session.run(
+            [OUTPUT_NAME, EMBEDDING_NAME], {INPUT_NAME: batch.contiguous().numpy()}
+        )
+        return logits, embedding
 
 
 Engine = TorchEngine | TorchScriptEngine | OnnxRuntimeEngine

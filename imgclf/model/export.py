@@ -1,10 +1,13 @@
 """Export a weights file to ONNX or TorchScript, with its ModelSpec embedded in the file.
 
-ONNX uses torch's default exporter (the `torch.export`-based one, "dynamo"), opset 18, one dynamic
-batch axis, and is written as one self-contained file (weights inline, no `.onnx.data` beside it:
-our models are far below protobuf's 2 GB limit). TorchScript is a traced, frozen module with the
-spec as the extra file `imgclf.json`; upstream deprecates TorchScript, so its FutureWarnings are
-silenced here rather than shown to every user of `--export torchscript`.
+Both answer two outputs: `logits` first (all that older files answer, so readers of the first
+output are unaffected), then `embedding`, the penultimate features the classifier head reads,
+for the search. ONNX uses torch's default exporter (the `torch.export`-based one, "dynamo"),
+opset 18, one dynamic batch axis, and is written as one self-contained file (weights inline,
+no `.onnx.data` beside it: our models are far below protobuf's 2 GB limit). TorchScript is a
+traced, frozen module with the spec as the extra file `imgclf.json`; upstream deprecates
+TorchScript, so its FutureWarnings are silenced here rather than shown to every user of
+`--export torchscript`.
 """
 
 from __future__ import annotations
@@ -17,7 +20,15 @@ from pathlib import Path
 import torch
 
 from imgclf.fileio import atomic_write_bytes
-from imgclf.model.spec import INPUT_NAME, OUTPUT_NAME, SPEC_KEY, ModelSpec, file_sha256
+from imgclf.model.factory import with_embedding
+from imgclf.model.spec import (
+    EMBEDDING_NAME,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    SPEC_KEY,
+    ModelSpec,
+    file_sha256,
+)
 from imgclf.model.weights import WeightsFile, load_weights
 
 ONNX_OPSET = 18
@@ -41,16 +52,17 @@ def _example_input(spec: ModelSpec) -> torch.Tensor:
 
 
 def onnx_bytes(model: torch.nn.Module, spec: ModelSpec) -> bytes:
-    """The serialized ONNX model of `model` (eval mode) with `spec` in its metadata."""
+    """The serialized ONNX model of `model` (eval mode) with `spec` in its metadata; outputs
+    `logits` and then `embedding` (what the head reads)."""
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     program = torch.onnx.export(
-        model,
+        with_embedding(model, spec.arch).eval(),
         (_example_input(spec),),
         dynamo=True,
         verbose=False,
         opset_version=ONNX_OPSET,
         input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
+        output_names=[OUTPUT_NAME, EMBEDDING_NAME],
         dynamic_shapes=({0: batch},),
     )
     proto = program.model_proto
@@ -61,9 +73,11 @@ def onnx_bytes(model: torch.nn.Module, spec: ModelSpec) -> bytes:
 
 
 def torchscript_bytes(model: torch.nn.Module, spec: ModelSpec) -> bytes:
-    """A traced and frozen TorchScript module of `model` with `spec` as an extra file."""
+    """A traced and frozen TorchScript module of `model` with `spec` as an extra file; it
+    returns (logits, embedding)."""
+    module = with_embedding(model, spec.arch).eval()
     with quiet_torchscript(), torch.inference_mode(False), torch.no_grad():
-        scripted = torch.jit.freeze(torch.jit.trace(model, _example_input(spec)))
+        scripted = torch.jit.freeze(torch.jit.trace(module, _example_input(spec)))
         buffer = io.BytesIO()
         torch.jit.save(scripted, buffer, _extra_files={TORCHSCRIPT_SPEC_FILE: spec.to_json()})
     return buffer.getvalue()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from urllib.error import URLError
 
@@ -27,13 +28,39 @@ def head(model: nn.Module, arch: str) -> nn.Linear:
     return model.classifier[3] if arch == "mobilenet_v3_small" else model.fc
 
 
-def _replace_head(model: nn.Module, arch: str, num_classes: int) -> None:
-    old = head(model, arch)
-    new = nn.Linear(old.in_features, num_classes)
+def _set_head(model: nn.Module, arch: str, layer: nn.Module) -> None:
     if arch == "mobilenet_v3_small":
-        model.classifier[3] = new
+        model.classifier[3] = layer
     else:
-        model.fc = new
+        model.fc = layer
+
+
+def _replace_head(model: nn.Module, arch: str, num_classes: int) -> None:
+    _set_head(model, arch, nn.Linear(head(model, arch).in_features, num_classes))
+
+
+class WithEmbedding(nn.Module):
+    """A classifier answering (logits, embedding): the embedding is what its head reads, the
+    penultimate features (1,024-d for mobilenet_v3_small, 512-d for resnet18).
+
+    Works on a copy: `model` itself stays a one-output classifier.
+    """
+
+    def __init__(self, model: nn.Module, arch: str) -> None:
+        super().__init__()
+        body = copy.deepcopy(model)
+        self.head = head(body, arch)
+        _set_head(body, arch, nn.Identity())
+        self.body = body
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        embedding = self.body(images)
+        return self.head(embedding), embedding
+
+
+def with_embedding(model: nn.Module, arch: str) -> WithEmbedding:
+    """`model` (built by build_model) as a two-output module; one already wrapped as is."""
+    return model if isinstance(model, WithEmbedding) else WithEmbedding(model, arch)
 
 
 def _imagenet_state_dict(arch: str) -> dict[str, torch.Tensor]:

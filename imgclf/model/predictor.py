@@ -9,6 +9,7 @@ never used.
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from imgclf.decoding import decode_rgb
 from imgclf.errors import InputError
 from imgclf.model.engines import Engine, TorchEngine, open_exported
 from imgclf.model.export import EXPORTERS, SUFFIXES
+from imgclf.model.factory import with_embedding
 from imgclf.model.preprocessing import EvalPreset
 from imgclf.model.single_image import SingleImageInput, one_torch_thread
 from imgclf.model.spec import ModelSpec, file_sha256
@@ -63,6 +65,16 @@ class Predictor:
         """Class probabilities (B, K) for a preprocessed batch (B, 3, H, W)."""
         return softmax(self.engine(batch).astype(np.float64))
 
+    def embed(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Logits (B, K) and the penultimate features (B, D) the head reads, not normalised."""
+        return self.engine.embed(batch)
+
+    @functools.cached_property
+    def embedding_size(self) -> int:
+        """D, the size of `embed`'s features (one call on a blank image, the first time)."""
+        size = self.spec.preprocessing.img_size
+        return int(self.embed(torch.zeros(1, 3, size, size))[1].shape[1])
+
     def classify(self, source: str | Path | bytes) -> np.ndarray:
         """Class probabilities (K,) of one image file or its bytes: decode, preprocess, model."""
         data = source if isinstance(source, bytes) else Path(source).read_bytes()
@@ -86,7 +98,7 @@ def _predictor_from_weights(weights: WeightsFile, backend: str) -> Predictor:
     path = weights.path
     source = str(path) if path else f"in-memory {weights.arch} weights"
     if backend == "torch":
-        engine = TorchEngine(weights.build_model())
+        engine = TorchEngine(with_embedding(weights.build_model(), weights.arch))
         return Predictor(ModelSpec.from_weights(weights), engine, source)
     fmt = EXPORT_FORMAT[backend]
     sha256 = file_sha256(path) if path else ""

@@ -18,6 +18,8 @@ SPEC_KEY = "imgclf"
 SPEC_FORMAT = "imgclf-model"
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
+# Second output (files exported before it have only logits): what the classifier head reads.
+EMBEDDING_NAME = "embedding"
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,11 @@ class ModelSpec:
             "0..1 then normalised with mean/std, after resizing the shorter side to resize_size "
             "and centre-cropping img_size"
         )
-        payload["output"] = f"{OUTPUT_NAME}: float32 [batch, {len(self.classes)}], in class order"
+        payload["output"] = (
+            f"{OUTPUT_NAME}: float32 [batch, {len(self.classes)}], in class order; "
+            f"{EMBEDDING_NAME}: float32 [batch, D], the penultimate features the classifier "
+            "head reads (not normalised)"
+        )
         return json.dumps(payload, indent=1)
 
     @classmethod

@@ -100,7 +100,7 @@ def _warm_up_jpeg() -> bytes:
     return buffer.getvalue()
 
 
-def _warm_up_worker(worker_id: int) -> None:
+def warm_up_worker(worker_id: int) -> None:
     """DataLoader worker_init_fn: each worker process warms up its own decoder and preset."""
     get_worker_info().dataset.warm_up()
 
@@ -171,7 +171,7 @@ def predict_items(
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=collate,
-        worker_init_fn=_warm_up_worker if workers else None,
+        worker_init_fn=warm_up_worker if workers else None,
     )
     size = len(items)
     probabilities = np.full((size, len(predictor.classes)), np.nan)

@@ -160,6 +160,8 @@ class ImageClassifierRunner(ConfigRunnerBase):
             seed=self.seed,
             cache_dir=settings.cache_dir,
             progress=progress,
+            classes=settings.classes,
+            exclude_classes=settings.exclude_classes,
         )
 
     @property

@@ -79,6 +79,16 @@ def _workers(block: dict[str, Any]) -> int | None:
         ) from None
 
 
+def _names(block: dict[str, Any], key: str) -> tuple[str, ...] | None:
+    """`data.<key>`: a list of class names (folder names), or None when absent."""
+    value = block.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, (str, int)) for v in value):
+        raise InputError(f"data.{key} is {value!r}; give a list of class names like ['3', '7'].")
+    return tuple(str(v) for v in value)
+
+
 @dataclass(frozen=True)
 class DataSettings:
     """The `data:` block: what the dataset stage needs and how batches are formed."""
@@ -91,6 +101,8 @@ class DataSettings:
     cache_dir: Path | None = None
     balanced: bool = False
     augment: dict[str, Any] = field(default_factory=dict)
+    classes: tuple[str, ...] | None = None  # None: every class of the data root
+    exclude_classes: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> DataSettings:
@@ -113,6 +125,7 @@ class DataSettings:
                 )
             augment = {**augment, "scale": tuple(scale)}
         cache_dir = block.get("cache_dir")
+        classes, exclude = (_names(block, key) for key in ("classes", "exclude_classes"))
         return cls(
             root=Path(block["root"]),
             img_size=_number(block, "data", "img_size", cls.img_size, int, 16, 1024),
@@ -124,6 +137,8 @@ class DataSettings:
             cache_dir=Path(cache_dir) if cache_dir else None,
             balanced=_flag(block, "data", "balanced", cls.balanced),
             augment=augment,
+            classes=classes,
+            exclude_classes=exclude or (),
         )
 
 

@@ -130,3 +130,45 @@ def test_onnxruntime_runs_single_images_on_their_own_session(exported):
     )
     assert engine.single_image_session() is chosen  # created once
     assert np.abs(single - logits[:1]).max() < PARITY
+
+
+def test_exports_answer_the_embedding_of_eager_torch_as_a_second_output(exported, photos):
+    weights, paths = exported
+    eager = load_predictor(weights, "torch")
+    batch = torch.stack([eager.preprocess(photo) for photo in photos])
+    logits, embedding = eager.embed(batch)
+    np.testing.assert_array_equal(logits, eager.engine(batch))  # the first output: logits
+    arch = load_weights(weights).arch
+    assert embedding.shape == (8, 1024 if arch == "mobilenet_v3_small" else 512)
+    # What the head reads: applying the head to the embedding gives the logits.
+    head = load_predictor(weights, "torch").engine.model.head
+    np.testing.assert_allclose(
+        head(torch.from_numpy(embedding)).detach().numpy(), logits, atol=PARITY
+    )
+    for path in paths.values():
+        other_logits, other_embedding = load_predictor(path).embed(batch)
+        assert np.abs(other_logits - logits).max() < PARITY
+        assert np.abs(other_embedding - embedding).max() < PARITY
+        single = load_predictor(path).embed(batch[:1])[1]
+        assert np.abs(single - embedding[:1]).max() < PARITY
+
+
+def test_a_logits_only_export_still_classifies_and_asks_for_a_new_export(fitted_weights, tmp_path):
+    from imgclf.model.export import TORCHSCRIPT_SPEC_FILE, quiet_torchscript
+
+    weights = load_weights(fitted_weights)
+    spec = ModelSpec.from_weights(weights, source_sha256=file_sha256(fitted_weights))
+    size = spec.preprocessing.img_size
+    with quiet_torchscript(), torch.no_grad():  # how files were exported before embeddings
+        traced = torch.jit.freeze(
+            torch.jit.trace(weights.build_model(), torch.zeros(1, 3, size, size))
+        )
+        torch.jit.save(
+            traced, str(tmp_path / "old.ts"), _extra_files={TORCHSCRIPT_SPEC_FILE: spec.to_json()}
+        )
+    old = load_predictor(tmp_path / "old.ts")
+    batch = torch.rand(2, 3, size, size)
+    reference = load_predictor(fitted_weights).engine(batch)
+    assert np.abs(old.engine(batch) - reference).max() < PARITY
+    with pytest.raises(InputError, match=r"no embedding output .* --export torchscript"):
+        old.embed(batch)

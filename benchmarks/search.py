@@ -1,0 +1,236 @@
+"""Search speed: the approximate index against exact search on a large synthetic gallery.
+
+Usage (heavy: about 5 GB of memory at 576-d and minutes of CPU; run it alone):
+    flock /tmp/imgclf-cpu.lock nice .venv/bin/python benchmarks/search.py
+    flock /tmp/imgclf-cpu.lock nice .venv/bin/python benchmarks/search.py --dim 1024
+
+Gallery: `--count` unit vectors of `--dim` dimensions (default 576, mobilenet_v3_small's pooled
+features; the embedding the search uses is what the classifier head reads: 1,024-d for
+mobilenet_v3_small, whose classifier is Linear(576, 1024) - Hardswish - Dropout - Linear, and
+512-d for resnet18, whose fc reads the pooled features). They are clustered like real
+embeddings, not uniform on the sphere (where every point is about equally far from every
+other and nearest neighbours mean nothing): `--clusters` centres drawn uniformly on the
+sphere, each vector its centre plus Gaussian noise of total length `--spread` (per dimension
+spread/sqrt(dim)), then normalised; with the defaults a vector's cosine to its own centre is
+about 0.7 and to another centre about 0. Queries are fresh vectors from the same mixture,
+not gallery members.
+
+Rows: queries on one thread (faiss.omp_set_num_threads(1)), one at a time as a user sends
+them; index builds and the nprobe calibration on all cores:
+  exact @N        IndexFlatIP over the first N vectors: ms/query, to place the exact/approximate
+                  threshold (imgclf.search.index.EXACT_MAX_ITEMS);
+  approximate     the index the project builds above that threshold (choose_index, trained and
+                  nprobe-calibrated by imgclf.search.index), ms/query and recall@10 against the
+                  exact top 10 of the same queries;
+  build time and memory: seconds to build each index (IVF: training, adding and the nprobe
+  calibration) and the bytes its arrays hold (vectors; for IVF also ids and centroids).
+
+`--part build` (or `all`): `python utils/search.py build` over a real image folder (default the
+bundled digits) against its ceiling, in one run:
+  bare embed      Predictor.embed on ready (batch, 3, S, S) tensors, batch after batch: the
+                  model call alone, images/s;
+  build           the whole build from scratch into a fresh folder: hashing the files,
+                  DataLoader workers reading, decoding and preprocessing, the same model call,
+                  FAISS, and the atomic write, images/s; the ratio build / bare is the target
+                  (>= 0.9).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from imgclf.search.index import (  # noqa: E402
+    EXACT_MAX_ITEMS,
+    as_unit_float32,
+    build_faiss,
+    calibrate_nprobe,
+    choose_index,
+    recall_at,
+    set_nprobe,
+)
+
+
+def clustered_vectors(
+    count: int, dim: int, clusters: int, spread: float, seed: int, centres: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """`count` unit vectors around `clusters` random unit centres (made when None), in chunks."""
+    rng = np.random.default_rng(seed)
+    if centres is None:
+        centres = as_unit_float32(rng.standard_normal((clusters, dim), dtype=np.float32))
+    out = np.empty((count, dim), dtype=np.float32)
+    for start in range(0, count, 50_000):
+        stop = min(count, start + 50_000)
+        member = rng.integers(0, clusters, stop - start)
+        noise = rng.standard_normal((stop - start, dim), dtype=np.float32)
+        noise *= spread / np.sqrt(dim)
+        out[start:stop] = as_unit_float32(centres[member] + noise)
+    return out, centres
+
+
+def ms_per_query(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[float, np.ndarray]:
+    """Median ms of single-query searches, and the found rows (one warm-up query first)."""
+    index.search(queries[:1], k)
+    times, found = [], []
+    for query in queries:
+        tic = time.perf_counter()
+        _, rows = index.search(query[None, :], k)
+        times.append((time.perf_counter() - tic) * 1e3)
+        found.append(rows[0])
+    return float(np.median(times)), np.array(found)
+
+
+def index_bytes(index: faiss.Index) -> int:
+    """Bytes held by the index's arrays: the vectors, and for IVF the ids and the centroids."""
+    if isinstance(index, faiss.IndexFlat):
+        return index.ntotal * index.d * 4
+    ivf = faiss.extract_index_ivf(index)
+    lists = ivf.invlists
+    stored = sum(lists.list_size(i) for i in range(lists.nlist))
+    return stored * (lists.code_size + 8) + ivf.quantizer.ntotal * ivf.d * 4
+
+
+def build_rows(weights: Path, data: Path, batch: int, repeats: int) -> None:
+    """Images/s of the bare batched embedding call and of a whole build over `data`."""
+    import tempfile
+
+    import torch
+
+    from imgclf.dataset.samples import read_samples
+    from imgclf.imaging import open_rgb
+    from imgclf.search.building import build
+    from imgclf.search.embedding import EmbedderSettings
+    from imgclf.search.model import load_search_model
+
+    model = load_search_model(weights)
+    predictor = model.predictor
+    _, samples = read_samples(data)
+    tensors = torch.stack([predictor.preset(open_rgb(data / s.path)) for s in samples])
+    predictor.warm_up(batch)
+    bare, built = [], []
+    for _ in range(repeats):  # interleaved, so a slow spell of the machine hits both rows
+        tic = time.perf_counter()
+        for start in range(0, len(tensors), batch):
+            predictor.embed(tensors[start : start + batch])
+        bare.append(len(tensors) / (time.perf_counter() - tic))
+        with tempfile.TemporaryDirectory() as folder:
+            tic = time.perf_counter()
+            build(
+                weights, data, Path(folder) / "index", settings=EmbedderSettings(batch, None, None)
+            )
+            built.append(len(tensors) / (time.perf_counter() - tic))
+    size = predictor.spec.preprocessing.img_size
+    print(
+        f"\nbuild over {data} ({len(tensors)} images, {model.info.arch} at {size} px, batch "
+        f"{batch}, backend {predictor.backend}), median of {repeats} interleaved rounds:"
+    )
+    print(f"  bare embed   {np.median(bare):8.0f} images/s")
+    print(f"  build        {np.median(built):8.0f} images/s")
+    print(f"  ratio build / bare: {np.median(built) / np.median(bare):.2f} (target >= 0.9)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--part", choices=("synthetic", "build", "all"), default="all")
+    parser.add_argument("--weights", type=Path, default=ROOT / "weights/mobilenet_v3_small.pth")
+    parser.add_argument("--images", type=Path, default=ROOT / "data/demo/sign_language_digits")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--count", type=int, default=1_000_000)
+    parser.add_argument("--dim", type=int, default=576)
+    parser.add_argument("--clusters", type=int, default=1000)
+    parser.add_argument("--spread", type=float, default=1.0)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--exact-queries", type=int, default=50)
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.part in ("build", "all"):
+        build_rows(args.weights, args.images, args.batch, args.repeats)
+    if args.part == "build":
+        return
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"faiss {faiss.__version__}; builds on all cores, queries on one thread; "
+        f"{time.strftime('%Y-%m-%d %H:%M')}"
+    )
+    tic = time.perf_counter()
+    gallery, centres = clustered_vectors(
+        args.count, args.dim, args.clusters, args.spread, args.seed, None
+    )
+    queries, _ = clustered_vectors(
+        args.queries, args.dim, args.clusters, args.spread, args.seed + 1, centres
+    )
+    print(
+        f"gallery: {args.count:,} x {args.dim} float32 ({gallery.nbytes / 2**30:.2f} GiB), "
+        f"{args.clusters} clusters, spread {args.spread}; "
+        f"made in {time.perf_counter() - tic:.1f} s"
+    )
+    rows = []
+    exact_ms = {}
+    for size in sorted(
+        {s for s in (10_000, 50_000, EXACT_MAX_ITEMS, args.count) if s <= args.count}
+    ):
+        tic = time.perf_counter()
+        flat = faiss.IndexFlatIP(args.dim)
+        flat.add(gallery[:size])
+        built = time.perf_counter() - tic
+        faiss.omp_set_num_threads(1)
+        ms, _ = ms_per_query(flat, queries[: args.exact_queries], args.k)
+        faiss.omp_set_num_threads(os.cpu_count() or 1)
+        exact_ms[size] = ms
+        print(f"exact @{size:,}: {ms:.2f} ms/query", flush=True)
+        rows.append((f"exact @{size:,}", ms, None, built, index_bytes(flat)))
+        del flat
+    # The ground truth, batched and untimed; faiss.knn scans the array without copying it.
+    _, truth = faiss.knn(queries, gallery, args.k, metric=faiss.METRIC_INNER_PRODUCT)
+    print("exact ground truth done", flush=True)
+    choice = choose_index(args.count, "approximate")
+    tic = time.perf_counter()
+    approx = build_faiss(gallery, choice, seed=args.seed)
+    nprobe, calibrated = calibrate_nprobe(approx, gallery, k=args.k, seed=args.seed)
+    built = time.perf_counter() - tic
+    print(f"approximate index built in {built:.0f} s", flush=True)
+    set_nprobe(approx, nprobe)
+    faiss.omp_set_num_threads(1)
+    ms, found = ms_per_query(approx, queries, args.k)
+    recall = recall_at(found, truth)
+    name = f"approximate {choice.factory} nprobe={nprobe}"
+    rows.append((name, ms, recall, built, index_bytes(approx)))
+    print(f"nprobe calibrated on the gallery's own vectors: {nprobe} (recall@10 {calibrated:.3f})")
+    print()
+    width = max(len(row[0]) for row in rows)
+    print(
+        f"{'index':<{width}}  {'ms/query':>9}  {'recall@10':>9}  {'build s':>8}  "
+        f"{'memory MiB':>10}"
+    )
+    for label, ms_q, rec, seconds, size in rows:
+        shown = "exact" if rec is None else f"{rec:.4f}"
+        print(
+            f"{label:<{width}}  {ms_q:>9.3f}  {shown:>9}  {seconds:>8.1f}  {size / 2**20:>10.0f}"
+        )
+    speedup = exact_ms[args.count] / ms
+    print(
+        f"\napproximate vs exact at {args.count:,}: {speedup:.1f}x fewer ms/query, "
+        f"recall@10 {recall:.4f} (targets: >= 20x, >= 0.95)"
+    )
+    per_thousand = exact_ms[args.count] / (args.count / 1000)
+    print(
+        f"exact search costs {per_thousand:.3f} ms per 1,000 items per query; "
+        f"threshold EXACT_MAX_ITEMS = {EXACT_MAX_ITEMS:,} -> "
+        f"{exact_ms.get(EXACT_MAX_ITEMS, float('nan')):.1f} ms/query exact"
+    )
+
+
+if __name__ == "__main__":
+    main()

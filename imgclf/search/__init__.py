@@ -1,0 +1,1 @@
+"""Similar images and new classes without retraining: embeddings, FAISS index, prototypes."""

@@ -1,0 +1,67 @@
+"""A model stand-in for the index tests: each file's embedding is a function of its bytes."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from imgclf.search.gallery import Embedded, ModelInfo, Record
+
+DIM = 8
+MODEL = ModelInfo(weights="w.pth", sha256="a" * 64, arch="fake", classes=("cat", "dog"))
+OTHER_MODEL = ModelInfo(weights="v.pth", sha256="b" * 64, arch="fake", classes=("cat", "dog"))
+
+
+def vector_of(data: bytes) -> np.ndarray:
+    seed = int.from_bytes(hashlib.sha256(data).digest()[:8], "little")
+    vector = np.random.default_rng(seed).standard_normal(DIM)
+    return (vector / np.linalg.norm(vector)).astype(np.float32)
+
+
+class FakeEmbed:
+    """Embeds files by their bytes; files starting with b"bad" fail; counts what it embedded;
+    `stop_after` calls raise KeyboardInterrupt (an interrupted build)."""
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.sources: list[str] = []
+        self.calls = 0
+        self.stop_after = stop_after
+
+    def __call__(self, sources: Sequence[str]) -> Embedded:
+        if self.stop_after is not None and self.calls >= self.stop_after:
+            raise KeyboardInterrupt
+        self.calls += 1
+        self.sources += list(sources)
+        embeddings = np.full((len(sources), DIM), np.nan, dtype=np.float32)
+        logits = np.full((len(sources), 2), np.nan, dtype=np.float32)
+        errors = {}
+        for i, source in enumerate(sources):
+            data = Path(source).read_bytes()
+            if data.startswith(b"bad"):
+                errors[i] = "not an image"
+                continue
+            embeddings[i] = vector_of(data)
+            logits[i] = embeddings[i][:2]
+        return Embedded(embeddings, logits, errors)
+
+
+def write_files(root: Path, names: dict[str, bytes]) -> list[Record]:
+    """Write `<root>/<label>/<name>` files; records in the given order, split "train"."""
+    records = []
+    for relative, data in names.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        records.append(
+            Record(
+                path=relative,
+                label=relative.split("/")[0],
+                sha256=hashlib.sha256(data).hexdigest(),
+                split="train",
+                source=str(path),
+            )
+        )
+    return records
