@@ -20,6 +20,8 @@ from catalyst.core.callback import Callback, CallbackNode, CallbackOrder
 from imgclf.fileio import atomic_write_bytes, atomic_write_text
 
 HISTORY_FILE = "history.csv"
+# The run's checkpoint folder inside the logdir (Catalyst's CheckpointCallback's name for it).
+CHECKPOINTS = "checkpoints"
 # Our column name → the key Catalyst's metric callbacks write into `loader_metrics`.
 METRIC_KEYS = {
     "loss": "loss",

@@ -21,10 +21,10 @@ import torchvision
 from imgclf.fileio import atomic_write
 from imgclf.model.preprocessing import Preprocessing
 from imgclf.model.weights import WeightsFile, save_weights
-from imgclf.train.callbacks import read_history
+from imgclf.train.callbacks import CHECKPOINTS, read_history
+from imgclf.train.selection import describe, selected_path
 
 SPLIT_FILE = "split.json"
-CHECKPOINTS = "checkpoints"
 # Catalyst's metric key → the weights file's metric name.
 EXPORTED_METRICS = {
     "f1/_macro": "f1_macro",
@@ -36,8 +36,14 @@ EXPORTED_METRICS = {
 
 
 def best_checkpoint(logdir: str | Path) -> dict[str, Any]:
-    """The model-only checkpoint Catalyst kept as best of the last stage (by valid macro-F1)."""
-    return torch.load(Path(logdir) / CHECKPOINTS / "best.pth", map_location="cpu")
+    """The checkpoint to export: the one `SelectionCallback` chose (`selected.pth`) when the
+    run has one, else the one Catalyst kept as best of the last stage (by valid macro-F1)."""
+    selected = selected_path(logdir)
+    if selected.is_file():
+        return torch.load(selected, map_location="cpu")
+    checkpoint = torch.load(Path(logdir) / CHECKPOINTS / "best.pth", map_location="cpu")
+    checkpoint["selection"] = {"rule": "f1", "window": 1, "ema": False}
+    return checkpoint
 
 
 def run_info(logdir: str | Path) -> dict[str, Any]:
@@ -54,6 +60,7 @@ def save_best_weights(
     valid = checkpoint.get("epoch_metrics", {}).get("valid", {})
     metrics = {name: valid[key] for key, name in EXPORTED_METRICS.items() if key in valid}
     metrics["epoch"] = checkpoint.get("global_epoch_step")
+    metrics["selection"] = describe(checkpoint["selection"])
     weights = WeightsFile(
         arch=arch,
         classes=info["classes"],
@@ -104,9 +111,10 @@ def plot_history(logdir: str | Path, path: str | Path, weights: WeightsFile) -> 
         axis.grid(alpha=0.3)
         axis.legend()
     if "f1_macro" in weights.metrics:
+        rule = weights.metrics.get("selection")
         figure.suptitle(
             f"exported: epoch {weights.metrics.get('epoch')}, "
-            f"valid macro-F1 {weights.metrics['f1_macro']:.4f}"
+            f"valid macro-F1 {weights.metrics['f1_macro']:.4f}" + (f" ({rule})" if rule else "")
         )
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
@@ -125,6 +133,7 @@ def summary_table(logdir: str | Path, weights: WeightsFile, seconds: float) -> s
         ("classes", str(len(weights.classes))),
         ("epochs run", str(len(rows))),
         ("best epoch", str(metrics.get("epoch"))),
+        ("exported by", str(metrics.get("selection", "best valid macro-F1"))),
         ("valid macro-F1", f"{metrics.get('f1_macro', float('nan')):.4f}"),
         ("valid accuracy", f"{metrics.get('accuracy', float('nan')):.4f}"),
         ("training time", f"{seconds:.0f} s"),

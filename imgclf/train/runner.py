@@ -38,6 +38,7 @@ from imgclf.errors import EXIT_INTERRUPTED, InputError, report_input_error
 from imgclf.fileio import atomic_write_json
 from imgclf.model.factory import build_model, freeze_backbone, set_batchnorm_momentum
 from imgclf.model.preprocessing import EvalPreset, Preprocessing
+from imgclf.train.budget import TimeBudgetCallback
 from imgclf.train.callbacks import HistoryCallback, ThroughputCallback
 from imgclf.train.export import (
     CHECKPOINTS,
@@ -46,6 +47,8 @@ from imgclf.train.export import (
     save_best_weights,
     summary_table,
 )
+from imgclf.train.mixing import LOSS_TARGETS, BatchMixer, MixSettings
+from imgclf.train.progressive import ProgressiveResize
 from imgclf.train.settings import (
     DataSettings,
     ExportSettings,
@@ -106,6 +109,8 @@ class ImageClassifierRunner(SupervisedConfigRunner):
             self.export_settings = ExportSettings.from_config(
                 self._config, self.model_settings.arch
             )
+            self.mix_settings = MixSettings.from_config(self._config)
+            self.progressive = ProgressiveResize.from_config(self._config)
             self.run_dir = logdir_of(self._config)
             self._resume_point = self._read_resume_point()
             self._data = self._prepare_data(progress=True)
@@ -116,6 +121,11 @@ class ImageClassifierRunner(SupervisedConfigRunner):
                     "least two per class."
                 )
             self._write_run_info()
+            self._mixer = (
+                BatchMixer(self.mix_settings, len(self._data.classes))
+                if self.mix_settings.enabled
+                else None
+            )
             # Built here, in the parent process, so a bad arch or pretrained file stops the run
             # before any work, and every distributed worker starts from the same weights.
             self.model = self._build_model()
@@ -298,18 +308,31 @@ class ImageClassifierRunner(SupervisedConfigRunner):
             callbacks["_throughput"] = ThroughputCallback()
         if not present(HistoryCallback):
             callbacks["_history"] = HistoryCallback(self.run_dir)
+        max_minutes = get_by_keys(self._stage_config, stage, "max_minutes", default=None)
+        if max_minutes is not None and not present(TimeBudgetCallback):
+            callbacks["_time_budget"] = TimeBudgetCallback(max_minutes)
         return callbacks
 
     # ------------------------------------------------------------------------ events
 
     def handle_batch(self, batch):
         """Augment (train) or centre-crop (valid) a uint8 batch on the training device when
-        the loader left that to us, then the forward pass; images channels-last when the
-        model is."""
+        the loader left that to us; in training, the progressive size and mixup / CutMix
+        (soft targets under `loss_targets`, hard ones stay under `targets` for the metrics);
+        then the forward pass; images channels-last when the model is."""
         features = batch[self._input_key]
         transform = self._batch_transforms.get(self.loader_key)
         if transform is not None:
             features = transform(features)
+        batch[LOSS_TARGETS] = batch[self._target_key]
+        if self.is_train_loader:
+            if self.progressive.enabled:
+                side = self.progressive.size(
+                    self.data_settings.img_size, self.stage_epoch_step, self.stage_epoch_len
+                )
+                features = self.progressive.resize(features, side)
+            if self._mixer is not None:
+                features, batch[LOSS_TARGETS] = self._mixer(features, batch[self._target_key])
         if self.model_settings.channels_last:
             features = features.contiguous(memory_format=torch.channels_last)
         batch[self._input_key] = features

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imgclf.dataset.presets import POLICIES
 from imgclf.errors import InputError
 from imgclf.model.factory import ARCHITECTURES
 
@@ -76,7 +77,7 @@ class DataSettings:
         augment = block.get("augment") or {}
         if not isinstance(augment, dict):
             raise InputError(f"data.augment must be a mapping, got {augment!r}.")
-        known = {"scale", "hflip_prob", "color_jitter"}
+        known = {"scale", "hflip_prob", "color_jitter", "policy", "policy_magnitude"}
         unknown = sorted(set(augment) - known)
         if unknown:
             raise InputError(
@@ -89,6 +90,12 @@ class DataSettings:
                     f"data.augment.scale is {scale!r}; give two fractions like [0.35, 1.0]."
                 )
             augment = {**augment, "scale": tuple(scale)}
+        if augment.get("policy", "none") not in POLICIES:
+            raise InputError(
+                f"data.augment.policy is {augment['policy']!r}; use one of {', '.join(POLICIES)}."
+            )
+        if "policy_magnitude" in augment:
+            _number(augment, "data.augment", "policy_magnitude", None, float, 0.0, 1.0)
         cache_dir = block.get("cache_dir")
         return cls(
             root=Path(block["root"]),
@@ -169,6 +176,8 @@ def check_stages(config: dict[str, Any]) -> None:
         if not isinstance(stage, dict):
             raise InputError(f"stages.{name} must be a mapping, got {stage!r}.")
         _number(stage, f"stages.{name}", "num_epochs", 1, int, 1)
+        if stage.get("max_minutes") is not None:
+            _number(stage, f"stages.{name}", "max_minutes", None, float, 0.01)
         scheduler = stage.get("scheduler") or {}
         if scheduler and not scheduler.get("_target_"):
             raise InputError(f"stages.{name}.scheduler needs a _target_ (a scheduler class path).")
