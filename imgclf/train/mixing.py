@@ -75,19 +75,20 @@ class BatchMixer:
         """(mixed images, soft targets (N, classes)); `images` is float NCHW, modified in place."""
         soft = torch.nn.functional.one_hot(targets, self.num_classes).to(images.dtype)
         settings = self.settings
-        if len(images) < 2 or torch.rand(()) >= settings.prob:
+        if not settings.enabled or len(images) < 2 or torch.rand(()) >= settings.prob:
             return images, soft
         use_cutmix = settings.cutmix_alpha > 0 and (
             settings.mixup_alpha <= 0 or torch.rand(()) < settings.cutmix_share
         )
         alpha = settings.cutmix_alpha if use_cutmix else settings.mixup_alpha
         lam = float(torch.distributions.Beta(alpha, alpha).sample())
-        partner = images.flip(0)
+        partner = images.flip(0)  # flip copies, so images can be changed in place below
         if use_cutmix:
             lam = self._paste_box(images, partner, lam)
         else:
             images.mul_(lam).add_(partner, alpha=1 - lam)
-        return images, soft.mul_(lam).add_(soft.flip(0), alpha=1 - lam)
+        partner_soft = soft.flip(0)  # a copy, taken before soft is scaled in place
+        return images, soft.mul_(lam).add_(partner_soft, alpha=1 - lam)
 
     @staticmethod
     def _paste_box(images: torch.Tensor, partner: torch.Tensor, lam: float) -> float:
@@ -99,6 +100,5 @@ class BatchMixer:
         cy, cx = int(torch.randint(height, ())), int(torch.randint(width, ()))
         top, bottom = max(cy - box_h // 2, 0), min(cy + box_h // 2, height)
         left, right = max(cx - box_w // 2, 0), min(cx + box_w // 2, width)
-        # partner is a flipped view of images: copy the box out before writing into images.
-        images[:, :, top:bottom, left:right] = partner[:, :, top:bottom, left:right].clone()
+        images[:, :, top:bottom, left:right] = partner[:, :, top:bottom, left:right]
         return 1 - (bottom - top) * (right - left) / (height * width)
