@@ -150,12 +150,9 @@ class TrivialPolicy:
 
 def _smoothed(images: torch.Tensor) -> torch.Tensor:
     """PIL's SMOOTH filter (3x3, centre 5, the rest 1, /13) per channel, borders unchanged:
-    the degenerate image of ImageEnhance.Sharpness."""
-    channels = images.shape[1]
-    kernel = torch.ones(3, 3, device=images.device)
-    kernel[1, 1] = 5
-    kernel = (kernel / 13).expand(channels, 1, 3, 3).contiguous()
-    inner = torch.nn.functional.conv2d(images, kernel, groups=channels)
+    the degenerate image of ImageEnhance.Sharpness. As (9 · 3x3 mean + 4 · centre) / 13: a
+    pooling is several times faster than a grouped convolution on the CPU."""
+    mean = torch.nn.functional.avg_pool2d(images, 3, stride=1)
     out = images.clone()
-    out[:, :, 1:-1, 1:-1] = inner
+    out[:, :, 1:-1, 1:-1] = (9 * mean + 4 * images[:, :, 1:-1, 1:-1]) / 13
     return out

@@ -45,19 +45,33 @@ class WeightAverage:
             parameter.requires_grad_(False)
         self.decay = 0.5 ** (1 / max(1e-9, half_life_epochs * max(1, steps_per_epoch)))
         self.updates = 0
+        self._pairs: tuple[list, list, list, list] | None = None
+
+    def _tensor_pairs(self, model: torch.nn.Module) -> tuple[list, list, list, list]:
+        """(average floats, live floats, average others, live others), matched by name. The
+        optimizer and BatchNorm update the live tensors in place, so the lists stay valid."""
+        live = unwrapped(model).state_dict(keep_vars=True)
+        floats: tuple[list, list] = ([], [])
+        others: tuple[list, list] = ([], [])
+        for name, average in self.module.state_dict().items():
+            kind = floats if average.is_floating_point() else others
+            kind[0].append(average)
+            kind[1].append(live[name].detach())
+        return floats[0], floats[1], others[0], others[1]
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
         """Move the average one step towards `model`'s current weights."""
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        live = unwrapped(model).state_dict()
-        for name, average in self.module.state_dict().items():
-            current = live[name].detach()
-            if average.is_floating_point():
-                average.lerp_(current.to(average.dtype), 1 - decay)
-            else:
-                average.copy_(current)
+        if self._pairs is None:
+            self._pairs = self._tensor_pairs(model)
+        averages, currents, average_ints, current_ints = self._pairs
+        # One fused call over all tensors: a Python loop over mobilenet_v3_small's ~250
+        # tensors per step would cost a few percent of a small model's training time.
+        torch._foreach_lerp_(averages, currents, 1 - decay)
+        for average, current in zip(average_ints, current_ints, strict=True):
+            average.copy_(current)
 
     def state_dict(self) -> dict:
         """The averaged weights and the update count (for resume)."""

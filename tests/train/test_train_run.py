@@ -74,10 +74,15 @@ def test_run_leaves_weights_picture_logs_and_table(first_run, images):
     assert len(parts["train"]) + len(parts["valid"]) == 36 and parts["test"] == []
     assert sum(weights.class_counts["train"].values()) == len(parts["train"])
     assert weights.config["model"]["arch"] == ARCH and weights.versions["catalyst"] == "21.12"
-    # The exported tensors are the best checkpoint's.
-    best = torch.load(logdir / "checkpoints" / "best.pth", map_location="cpu")
-    for key, tensor in best["model_state_dict"].items():
+    # The exported tensors are those of the epoch the selection rule chose (the weight
+    # average's, validated in the live model's place), and the file and table name the rule.
+    selected = torch.load(logdir / "checkpoints" / "selected.pth", map_location="cpu")
+    for key, tensor in selected["model_state_dict"].items():
         assert torch.equal(weights.state_dict[key], tensor), key
+    assert selected["selection"]["rule"] == "smoothed_f1" and selected["selection"]["ema"]
+    rule = "mean valid macro-F1 over 5 epochs, EMA weights"
+    assert weights.metrics["selection"] == rule and f"exported by     {rule}" in result.stdout
+    assert weights.metrics["epoch"] == selected["global_epoch_step"]
 
     # Catalyst's validation metrics agree with sklearn on the same model and images.
     paths = [path for path, _ in parts["valid"]]
