@@ -66,6 +66,7 @@ def _payload(predictor: Predictor, sources: list[str], outcome: Outcome, topk: i
     return {
         "model": predictor.source,
         "backend": predictor.backend,
+        "tta": predictor.tta,
         "batch_size": outcome.batch_size,
         "images": len(sources),
         "failed": len(outcome.errors),
@@ -83,9 +84,10 @@ def predict_paths(
     topk: int = 5,
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int | None = None,
+    tta: bool = False,
 ) -> PredictionResult:
     """Classify files, folders (recursively) and URLs; failed items are results with an error."""
-    predictor = load_predictor(weights, backend)
+    predictor = load_predictor(weights, backend, tta=tta)
     items = expand_inputs(inputs)
     outcome = predict_items(
         predictor,

@@ -130,3 +130,17 @@ def test_onnxruntime_runs_single_images_on_their_own_session(exported):
     )
     assert engine.single_image_session() is chosen  # created once
     assert np.abs(single - logits[:1]).max() < PARITY
+
+
+def test_tta_averages_each_image_with_its_mirror_on_every_engine(exported, photos):
+    weights, paths = exported
+    eager = load_predictor(weights, "torch")
+    batch = torch.stack([eager.preprocess(photo) for photo in photos])
+    plain = eager.probabilities(batch)
+    mirrored = eager.probabilities(batch.flip(-1))
+    expected = (plain + mirrored) / 2
+    assert np.abs(plain - mirrored).max() > 1e-3  # the mirror really is another input
+    for source in (weights, paths["onnx"], paths["torchscript"]):
+        predictor = load_predictor(source, tta=True)
+        assert predictor.tta
+        assert np.abs(predictor.probabilities(batch) - expected).max() < PARITY
