@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import socket
 from pathlib import Path
 
@@ -105,6 +106,29 @@ def test_same_seed_gives_the_same_metrics_and_weights(first_run, images, tmp_pat
     again = load_weights(tmp_path / "weights" / f"{ARCH}.pth")
     first = load_weights(workdir / "weights" / f"{ARCH}.pth")
     assert all(torch.equal(again.state_dict[k], v) for k, v in first.state_dict.items())
+
+
+def test_mixing_progressive_sizes_and_a_time_budget_in_one_real_run(images, tmp_path):
+    # Every optional piece of the recipe at once. The budget (10 minutes) is far more than 3
+    # tiny epochs need, so the plan is the configured upper bound whatever the machine's speed
+    # (how the plan shrinks on a slow machine: test_train_quality, with a clock set by hand).
+    overrides = {
+        "data": {
+            "mixing": {"mixup_alpha": 0.4, "cutmix_alpha": 1.0},
+            "progressive": {"start_scale": 0.5, "full_from": 0.5},
+        },
+        "stages": {"train": {"num_epochs": 3, "max_minutes": 10}},
+    }
+    result = train(tmp_path, images, **overrides)
+    assert result.returncode == 0, result.stderr[-3000:]
+    budget = json.loads((tmp_path / "logs" / "checkpoints" / "budget.json").read_text())
+    assert budget["fitted"] == 3 and len(budget["durations"]) == 3
+    assert "-> 3 epochs in stage 'train'" in result.stdout
+    rows = history(tmp_path)
+    assert len(rows) == 3
+    # The cosine ends with the stage: the last epoch ends at the schedule's floor (1% of lr).
+    assert float(rows[-1]["lr"]) == pytest.approx(0.003 * 0.01, rel=1e-3)
+    assert 1 <= load_weights(tmp_path / "weights" / f"{ARCH}.pth").metrics["epoch"] <= 3
 
 
 @pytest.mark.slow
