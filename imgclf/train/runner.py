@@ -268,6 +268,7 @@ class ImageClassifierRunner(SupervisedConfigRunner):
             eval_transform=in_loaders.get("valid"),
             balanced=settings.balanced,
             seed=self.seed,
+            min_epoch_images=settings.min_epoch_images,
         )
 
     def get_model(self, stage: str) -> torch.nn.Module:

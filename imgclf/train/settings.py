@@ -66,6 +66,7 @@ class DataSettings:
     num_workers: int | None = None  # None: "auto", see imgclf.dataset.loaders.training_workers
     cache_dir: Path | None = None
     balanced: bool = False
+    min_epoch_images: int = 0
     augment: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -107,6 +108,7 @@ class DataSettings:
             num_workers=_workers(block),
             cache_dir=Path(cache_dir) if cache_dir else None,
             balanced=bool(block.get("balanced", False)),
+            min_epoch_images=_number(block, "data", "min_epoch_images", 0, int, 0),
             augment=augment,
         )
 
