@@ -1,7 +1,7 @@
 """Model quality: test macro-F1 and training time of a training config over several seeds.
 
-    flock /tmp/imgclf-cpu.lock nice .venv/bin/python benchmarks/quality.py --setting low
-    flock /tmp/imgclf-cpu.lock nice .venv/bin/python benchmarks/quality.py --setting full
+    flock /tmp/imgclf-cpu.lock .venv/bin/python benchmarks/quality.py --setting low
+    flock /tmp/imgclf-cpu.lock .venv/bin/python benchmarks/quality.py --setting full
     .venv/bin/python benchmarks/quality.py --setting low --config my.yaml --label mine
 
 Each seed is one real `catalyst-dl run --config configs/config.yaml [--config ...]` on the
