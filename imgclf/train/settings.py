@@ -68,6 +68,10 @@ class DataSettings:
     balanced: bool = False
     min_epoch_images: int = 0
     augment: dict[str, Any] = field(default_factory=dict)
+    # Read and checked by imgclf.train.mixing.MixSettings and .progressive.ProgressiveResize;
+    # fields here so that every key of `data:` is a field of this class.
+    mixing: dict[str, Any] = field(default_factory=dict)
+    progressive: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> DataSettings:
@@ -110,6 +114,8 @@ class DataSettings:
             balanced=bool(block.get("balanced", False)),
             min_epoch_images=_number(block, "data", "min_epoch_images", 0, int, 0),
             augment=augment,
+            mixing=dict(block.get("mixing") or {}),
+            progressive=dict(block.get("progressive") or {}),
         )
 
 
