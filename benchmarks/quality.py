@@ -28,6 +28,7 @@ import csv
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -97,7 +98,10 @@ def train_and_test(args: argparse.Namespace, seed: int) -> dict:
     }
     if args.epochs:
         overrides["stages"] = {"train": {"num_epochs": args.epochs}}
-    run.mkdir(parents=True, exist_ok=True)
+    # The benchmark's own scratch folder: a fresh run (training refuses to start a new run in
+    # the logdir of an old one).
+    shutil.rmtree(run, ignore_errors=True)
+    run.mkdir(parents=True)
     override_file = run / "overrides.yaml"
     override_file.write_text(yaml.safe_dump(overrides), encoding="utf-8")
     configs = [ROOT / "configs" / "config.yaml", *args.config, override_file]

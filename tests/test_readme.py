@@ -72,6 +72,12 @@ COVERAGE: dict[str, str] = {
     "catalyst-dl run --config configs/config.yaml --resume logs/train/checkpoints/last_full.pth": (
         TRAIN_TEST + "test_interrupted_run_resumes_the_remaining_epochs_only"
     ),
+    "python -m imgclf.train.reexport logs/train": (
+        TRAIN_TEST + "test_reexport_writes_the_weights_file_again_from_the_logdir"
+    ),
+    "python -m imgclf.train.reexport logs/train/checkpoints/train.7.pth --out epoch7.pth": (
+        TRAIN_TEST + "test_reexport_of_a_damaged_checkpoint_is_one_sentence"
+    ),
     ".venv/bin/python -m pytest tests/train -q": "ci",
     ".venv/bin/python -m pytest tests/train -q -m 'not slow'": "ci",
     # docs/development.md: the dataset tests

@@ -51,6 +51,11 @@ def read_samples(root: str | Path) -> tuple[list[str], list[Sample]]:
     a class has no images, or there are fewer than two classes.
     """
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise InputError(
+            f"Data folder {root} is a file, not a folder; set data.root to the folder that "
+            "holds manifest.csv or the <label>/ folders."
+        )
     if not root.is_dir():
         raise InputError(
             f"Data folder {root} does not exist; download images first "

@@ -26,7 +26,7 @@ from pathlib import Path
 from catalyst.core.callback import Callback, CallbackNode, CallbackOrder
 
 from imgclf.fileio import atomic_write_json
-from imgclf.train.callbacks import CHECKPOINTS
+from imgclf.train.resume import CHECKPOINTS
 
 BUDGET_FILE = "budget.json"
 MEASURED_EPOCHS = 2

@@ -14,14 +14,12 @@ import time
 from pathlib import Path
 
 import torch
-from catalyst.callbacks import CheckpointCallback
 from catalyst.core.callback import Callback, CallbackNode, CallbackOrder
 
 from imgclf.fileio import atomic_write_bytes, atomic_write_text
+from imgclf.train.catalyst_compat import CheckpointWriterCallback
 
 HISTORY_FILE = "history.csv"
-# The run's checkpoint folder inside the logdir (Catalyst's CheckpointCallback's name for it).
-CHECKPOINTS = "checkpoints"
 # Our column name → the key Catalyst's metric callbacks write into `loader_metrics`.
 METRIC_KEYS = {
     "loss": "loss",
@@ -104,7 +102,7 @@ class HistoryCallback(Callback):
         write_history(self.logdir, self.rows)
 
 
-class AtomicCheckpointCallback(CheckpointCallback):
+class AtomicCheckpointCallback(CheckpointWriterCallback):
     """Catalyst's CheckpointCallback (same arguments), with every file written atomically.
 
     Catalyst 21.12 writes `<stage>.<epoch>.pth` with a plain `torch.save`, then copies it over
@@ -113,7 +111,8 @@ class AtomicCheckpointCallback(CheckpointCallback):
     name and renamed, so the previous one stays intact until the new one is complete.
     """
 
-    def _save_checkpoint(self, runner, checkpoint: dict, is_best: bool, is_last: bool) -> str:
+    def write_checkpoint(self, runner, checkpoint: dict, *, is_best: bool, is_last: bool) -> str:
+        """Write the epoch's file and its best / last copies, each atomically."""
         suffix = f"{runner.stage_key}.{runner.stage_epoch_step}"
         path = ""
         if self.mode in ("all", "full"):
@@ -122,7 +121,7 @@ class AtomicCheckpointCallback(CheckpointCallback):
             without = ("criterion", "optimizer", "scheduler")
             model_only = {k: v for k, v in checkpoint.items() if all(w not in k for w in without)}
             path = self._write(model_only, suffix, is_best, is_last, "")
-        return path  # Catalyst keeps this path to delete the checkpoints that fall out of top-N
+        return path
 
     def _write(self, checkpoint: dict, name: str, is_best: bool, is_last: bool, kind: str) -> str:
         buffer = io.BytesIO()

@@ -19,7 +19,7 @@ import torch
 from catalyst.core.callback import Callback, CallbackNode, CallbackOrder
 
 from imgclf.fileio import atomic_write_bytes
-from imgclf.train.callbacks import CHECKPOINTS
+from imgclf.train.resume import CHECKPOINTS
 
 EMA_FILE = "ema_last.pth"
 

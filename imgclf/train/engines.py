@@ -1,19 +1,15 @@
 """Distributed training that picks its backend and process count from the machine.
 
-Importing this module also repairs Catalyst 21.12's `all_gather` (used by the precision / recall
-/ F1 metrics to combine the processes' counts): it moves its buffers to "cuda" unconditionally,
-so any distributed run on CPU (gloo) crashes at the first epoch end. torch's own
-`all_gather_object` does the same job on the device of the backend. Distributed workers import
-this module when they unpickle the engine, so the repair reaches them too.
+Catalyst's own `all_gather` (used by the precision / recall / F1 metrics) only works with CUDA;
+`imgclf.train.catalyst_compat.install` repairs it in every process, distributed workers
+included (they import the experiment package when they unpickle this engine).
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from catalyst.engines.torch import DistributedDataParallelEngine
 
 # Processes per machine when there is no GPU (gloo on CPU): more than the cores only thrashes.
@@ -48,24 +44,3 @@ class AutoDistributedEngine(DistributedDataParallelEngine):
             sync_bn=sync_bn,
             ddp_kwargs=ddp_kwargs,
         )
-
-
-def all_gather(data: Any) -> list[Any]:
-    """Every process's `data` (any picklable object), in rank order."""
-    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
-        return [data]
-    gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, data)
-    return gathered
-
-
-# Catalyst's modules bound the name at import; replace it where it is used.
-for _module in (
-    "utils",
-    "utils.distributed",
-    "metrics._classification",
-    "metrics._segmentation",
-    "metrics._confusion_matrix",
-    "metrics._auc",
-):
-    importlib.import_module(f"catalyst.{_module}").all_gather = all_gather

@@ -2,7 +2,8 @@
 
 Everything is read back from the logdir (best checkpoint, split, history), never from the live
 runner, so the same code serves single-process and distributed runs, whose workers are gone
-by the time the parent process exports.
+by the time the parent process exports, and `python -m imgclf.train.reexport` can write the
+weights file again from any checkpoint of a run.
 """
 
 from __future__ import annotations
@@ -18,13 +19,17 @@ import catalyst
 import torch
 import torchvision
 
+from imgclf.errors import InputError
 from imgclf.fileio import atomic_write
 from imgclf.model.preprocessing import Preprocessing
 from imgclf.model.weights import WeightsFile, save_weights
-from imgclf.train.callbacks import CHECKPOINTS, read_history
+from imgclf.train.callbacks import read_history
+from imgclf.train.resume import BEST, CHECKPOINTS, load_checkpoint
 from imgclf.train.selection import describe, selected_path
 
 SPLIT_FILE = "split.json"
+# The merged config of the run, as `catalyst-dl run` dumps it into the logdir.
+CONFIG_DUMP = Path("configs") / "_config.json"
 # Catalyst's metric key → the weights file's metric name.
 EXPORTED_METRICS = {
     "f1/_macro": "f1_macro",
@@ -35,31 +40,57 @@ EXPORTED_METRICS = {
 }
 
 
-def best_checkpoint(logdir: str | Path) -> dict[str, Any]:
+def best_checkpoint_path(logdir: str | Path) -> Path:
     """The checkpoint to export: the one `SelectionCallback` chose (`selected.pth`) when the
     run has one, else the one Catalyst kept as best of the last stage (by valid macro-F1)."""
     selected = selected_path(logdir)
-    if selected.is_file():
-        return torch.load(selected, map_location="cpu")
-    checkpoint = torch.load(Path(logdir) / CHECKPOINTS / "best.pth", map_location="cpu")
-    checkpoint["selection"] = {"rule": "f1", "window": 1, "ema": False}
-    return checkpoint
+    return selected if selected.is_file() else Path(logdir) / CHECKPOINTS / BEST
+
+
+def _run_file(logdir: str | Path, name: str | Path) -> dict[str, Any]:
+    path = Path(logdir) / name
+    if not path.is_file():
+        raise InputError(
+            f"{path} does not exist; is {logdir} the logdir of a run that got to epoch 1?"
+        )
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def run_info(logdir: str | Path) -> dict[str, Any]:
     """`<logdir>/split.json`: classes, split, class counts and eval preset written at start."""
-    return json.loads((Path(logdir) / SPLIT_FILE).read_text(encoding="utf-8"))
+    return _run_file(logdir, SPLIT_FILE)
 
 
-def save_best_weights(
-    logdir: str | Path, path: str | Path, *, arch: str, config: dict[str, Any]
+def run_config(logdir: str | Path) -> dict[str, Any]:
+    """The merged config the run in `logdir` was started with."""
+    return _run_file(logdir, CONFIG_DUMP)
+
+
+def write_weights_file(
+    logdir: str | Path,
+    path: str | Path,
+    *,
+    arch: str,
+    config: dict[str, Any],
+    checkpoint_path: str | Path | None = None,
 ) -> WeightsFile:
-    """Write the best checkpoint's model as a self-contained weights file at `path`."""
-    checkpoint = best_checkpoint(logdir)
+    """Write the model of `checkpoint_path` (default: the run's best checkpoint) as a
+    self-contained weights file at `path`."""
+    checkpoint = load_checkpoint(Path(checkpoint_path or best_checkpoint_path(logdir)))
+    if "model_state_dict" not in checkpoint:
+        raise InputError(f"{checkpoint_path} holds no model_state_dict; pass a run's checkpoint.")
     info = run_info(logdir)
     valid = checkpoint.get("epoch_metrics", {}).get("valid", {})
     metrics = {name: valid[key] for key, name in EXPORTED_METRICS.items() if key in valid}
     metrics["epoch"] = checkpoint.get("global_epoch_step")
+    # selected.pth says its rule; Catalyst's best.pth is the single best epoch; a checkpoint
+    # passed by hand (reexport) was chosen by whoever passed it.
+    if "selection" in checkpoint:
+        metrics["selection"] = describe(checkpoint["selection"])
+    elif checkpoint_path is None:
+        metrics["selection"] = describe({"rule": "f1"})
+    else:
+        metrics["selection"] = f"chosen by hand: {Path(checkpoint_path).name}"
     metrics["selection"] = describe(checkpoint["selection"])
     weights = WeightsFile(
         arch=arch,

@@ -6,29 +6,31 @@ this runner adds what it can't know:
 - model: `build_model` from `model:` with the class count, BatchNorm momentum, channels-last,
   the backbone frozen in stages that say `freeze_backbone: true` (run only when pretrained);
 - criterion class weights, and the scheduler's `epochs` / `steps_per_epoch`;
-- resume that continues the remaining epochs (Catalyst 21.12 restarts the stage's epoch count);
+- resume that continues the remaining epochs (`imgclf.train.resume`), and no silent start over
+  in the logdir of an interrupted run;
+- checks before epoch 1: every config key known (`config_keys`), every output folder writable
+  (`preflight`);
 - the export at the end: weights file, picture, table;
-- bad input: one sentence on stderr and exit code 2 instead of a traceback.
+- bad input: one sentence on stderr and exit code 2 instead of a traceback; Ctrl-C or SIGTERM:
+  the last checkpoint kept, the resume command printed, exit code 130.
+
+Catalyst's private API is reached only through `imgclf.train.catalyst_compat`.
 """
 
 from __future__ import annotations
 
 import inspect
+import signal
 import sys
+import threading
 import time
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from copy import deepcopy
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
-from catalyst.callbacks import CheckpointCallback
-from catalyst.core._misc import _get_original_callback, callback_isinstance
 from catalyst.registry import REGISTRY
-from catalyst.runners.config import SupervisedConfigRunner
 from catalyst.utils.misc import get_by_keys
 
 from imgclf.dataset import build_loaders, prepare_data
@@ -38,16 +40,18 @@ from imgclf.errors import EXIT_INTERRUPTED, InputError, report_input_error
 from imgclf.fileio import atomic_write_json
 from imgclf.model.factory import build_model, freeze_backbone, set_batchnorm_momentum
 from imgclf.model.preprocessing import EvalPreset, Preprocessing
+from imgclf.train import resume
 from imgclf.train.budget import TimeBudgetCallback
 from imgclf.train.callbacks import HistoryCallback, ThroughputCallback
-from imgclf.train.export import (
-    CHECKPOINTS,
-    SPLIT_FILE,
-    plot_history,
-    save_best_weights,
-    summary_table,
+from imgclf.train.catalyst_compat import ConfigRunnerBase, callback_isinstance
+from imgclf.train.config_keys import (
+    check_config_keys,
+    command_line_configs,
+    seed_given_on_command_line,
 )
+from imgclf.train.export import SPLIT_FILE, plot_history, summary_table, write_weights_file
 from imgclf.train.mixing import LOSS_TARGETS, BatchMixer, MixSettings
+from imgclf.train.preflight import check_output_folders
 from imgclf.train.progressive import ProgressiveResize
 from imgclf.train.settings import (
     DataSettings,
@@ -57,18 +61,10 @@ from imgclf.train.settings import (
     logdir_of,
 )
 
-# Catalyst's loss metric calls float() on the loss tensor; harmless, but warns every run.
-warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True")
-
 
 def exit_for_input_error(error: InputError) -> None:
     """Print the one-sentence error and leave with exit code 2 (no traceback)."""
     raise SystemExit(report_input_error(error, "catalyst-dl run"))
-
-
-# The runner's step counters that a checkpoint stores.
-GLOBAL_COUNTERS = ("global_epoch_step", "global_batch_step", "global_sample_step")
-STAGE_COUNTERS = ("stage_epoch_step", "stage_batch_step", "stage_sample_step")
 
 
 @contextmanager
@@ -88,31 +84,49 @@ def config_errors(where: str) -> Iterator[None]:
         ) from error
 
 
-@dataclass(frozen=True)
-class ResumePoint:
-    """Where a resumed run picks up: the checkpoint file and the stage it was written in."""
+def with_file_seed(config: dict[str, Any], files: list[tuple[Any, dict]]) -> dict[str, Any]:
+    """`config` with the config files' `args.seed`: catalyst-dl run puts its `--seed` default
+    (42) in its place unless `--seed` was given."""
+    blocks = [content.get("args") or {} for _, content in files]
+    seeds = [block["seed"] for block in blocks if "seed" in block]
+    if not seeds or seed_given_on_command_line():
+        return config
+    return {**config, "args": {**config.get("args", {}), "seed": seeds[-1]}}
 
-    path: Path
-    stage: str
-    stage_epoch: int
+
+def raise_keyboard_interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM handler: stop the way Ctrl-C does (last checkpoint kept, resume hint)."""
+    raise KeyboardInterrupt
 
 
-class ImageClassifierRunner(SupervisedConfigRunner):
+class ImageClassifierRunner(ConfigRunnerBase):
     """SupervisedConfigRunner for image folders; see the module docstring."""
 
     def __init__(self, config: dict[str, Any], **kwargs: Any) -> None:
         try:
+            config = with_file_seed(config, command_line_configs())
+            check_config_keys(config)
             check_stages(config)
             super().__init__(config=config, **kwargs)
-            self.data_settings = DataSettings.from_config(self._config)
-            self.model_settings = ModelSettings.from_config(self._config)
+            self.data_settings = DataSettings.from_config(self.config)
+            self.model_settings = ModelSettings.from_config(self.config)
             self.export_settings = ExportSettings.from_config(
-                self._config, self.model_settings.arch
+                self.config, self.model_settings.arch
             )
-            self.mix_settings = MixSettings.from_config(self._config)
-            self.progressive = ProgressiveResize.from_config(self._config)
-            self.run_dir = logdir_of(self._config)
-            self._resume_point = self._read_resume_point()
+            self.run_dir = logdir_of(self.config)
+            self._resume_point = resume.read_resume_point(
+                self.resume_path, self.run_dir, self.stage_configs
+            )
+            if self._resume_point is None:
+                resume.check_fresh_start(self.run_dir)
+            check_output_folders(
+                logdir=self.run_dir,
+                weights=self.export_settings.weights,
+                picture=self.export_settings.picture,
+                cache_dir=self.data_settings.cache_dir,
+            )
+            self.mix_settings = MixSettings.from_config(self.config)
+            self.progressive = ProgressiveResize.from_config(self.config)
             self._data = self._prepare_data(progress=True)
             if not self._data.parts["valid"]:
                 raise InputError(
@@ -130,10 +144,12 @@ class ImageClassifierRunner(SupervisedConfigRunner):
             # before any work, and every distributed worker starts from the same weights.
             self.model = self._build_model()
             self._check_components()
+            if self._resume_point is None:
+                resume.mark_started(self.run_dir)  # its checkpoints will be this run's
         except InputError as error:
             exit_for_input_error(error)
         # Resume is handled here (see on_stage_start), not by Catalyst's CheckpointCallback.
-        self._resume = None
+        self.take_over_resume()
         self._started = 0.0
 
     def __getstate__(self) -> dict[str, Any]:
@@ -204,29 +220,6 @@ class ImageClassifierRunner(SupervisedConfigRunner):
             self.get_engine()
         self.stage_key, self.loaders = None, None
 
-    def _read_resume_point(self) -> ResumePoint | None:
-        if not self._resume:
-            return None
-        path = Path(self._resume)
-        if not path.is_file():
-            raise InputError(
-                f"Checkpoint {path} does not exist; resume from "
-                f"{self.run_dir / CHECKPOINTS / 'last_full.pth'} or use --autoresume last."
-            )
-        checkpoint = torch.load(path, map_location="cpu")
-        if "optimizer_state_dict" not in checkpoint:
-            raise InputError(
-                f"{path} is a model-only checkpoint; resume from a *_full.pth checkpoint, "
-                f"e.g. {path.parent / 'last_full.pth'}."
-            )
-        stage = checkpoint.get("stage_key")
-        if stage not in self._stage_config:
-            raise InputError(
-                f"{path} was written in stage {stage!r}, which this config does not have; "
-                "resume with the config the run was started with."
-            )
-        return ResumePoint(path, stage, int(checkpoint["stage_epoch_step"]))
-
     # ------------------------------------------------------------------ Catalyst's get_*
 
     @property
@@ -235,7 +228,7 @@ class ImageClassifierRunner(SupervisedConfigRunner):
         pretrained = self.model_settings.pretrained is not None
         names = [
             name
-            for name, stage in self._stage_config.items()
+            for name, stage in self.stage_configs.items()
             if pretrained or not stage.get("freeze_backbone", False)
         ]
         if self._resume_point is not None:
@@ -273,12 +266,12 @@ class ImageClassifierRunner(SupervisedConfigRunner):
 
     def get_model(self, stage: str) -> torch.nn.Module:
         """The one model of the run, with the backbone frozen when the stage asks for it."""
-        frozen = bool(get_by_keys(self._stage_config, stage, "freeze_backbone", default=False))
+        frozen = bool(get_by_keys(self.stage_configs, stage, "freeze_backbone", default=False))
         return freeze_backbone(self.model, self.model_settings.arch, frozen=frozen)
 
     def get_criterion(self, stage: str):
         """The stage's criterion; `class_weights: true` weights classes by inverse frequency."""
-        params = deepcopy(get_by_keys(self._stage_config, stage, "criterion", default={}))
+        params = deepcopy(get_by_keys(self.stage_configs, stage, "criterion", default={}))
         if not params:
             return None
         if params.pop("class_weights", False):
@@ -290,7 +283,7 @@ class ImageClassifierRunner(SupervisedConfigRunner):
 
     def get_scheduler(self, optimizer, stage: str):
         """The stage's scheduler, given `epochs` / `steps_per_epoch` when its class takes them."""
-        params = deepcopy(get_by_keys(self._stage_config, stage, "scheduler", default={}))
+        params = deepcopy(get_by_keys(self.stage_configs, stage, "scheduler", default={}))
         if not params:
             return None
         accepted = inspect.signature(REGISTRY.get(params["_target_"])).parameters
@@ -309,7 +302,7 @@ class ImageClassifierRunner(SupervisedConfigRunner):
             callbacks["_throughput"] = ThroughputCallback()
         if not present(HistoryCallback):
             callbacks["_history"] = HistoryCallback(self.run_dir)
-        max_minutes = get_by_keys(self._stage_config, stage, "max_minutes", default=None)
+        max_minutes = get_by_keys(self.stage_configs, stage, "max_minutes", default=None)
         if max_minutes is not None and not present(TimeBudgetCallback):
             callbacks["_time_budget"] = TimeBudgetCallback(max_minutes)
         return callbacks
@@ -321,11 +314,11 @@ class ImageClassifierRunner(SupervisedConfigRunner):
         the loader left that to us; in training, the progressive size and mixup / CutMix
         (soft targets under `loss_targets`, hard ones stay under `targets` for the metrics);
         then the forward pass; images channels-last when the model is."""
-        features = batch[self._input_key]
+        features = batch[self.input_key]
         transform = self._batch_transforms.get(self.loader_key)
         if transform is not None:
             features = transform(features)
-        batch[LOSS_TARGETS] = batch[self._target_key]
+        batch[LOSS_TARGETS] = batch[self.target_key]
         if self.is_train_loader:
             if self.progressive.enabled:
                 side = self.progressive.size(
@@ -333,30 +326,21 @@ class ImageClassifierRunner(SupervisedConfigRunner):
                 )
                 features = self.progressive.resize(features, side)
             if self._mixer is not None:
-                features, batch[LOSS_TARGETS] = self._mixer(features, batch[self._target_key])
+                features, batch[LOSS_TARGETS] = self._mixer(features, batch[self.target_key])
         if self.model_settings.channels_last:
             features = features.contiguous(memory_format=torch.channels_last)
-        batch[self._input_key] = features
+        batch[self.input_key] = features
         super().handle_batch(batch)
-
-    def on_experiment_start(self, runner) -> None:
-        """Start the clock of the final table."""
-        self._started = time.perf_counter()
-        super().on_experiment_start(runner)
 
     def on_stage_start(self, runner) -> None:
         """Set the stage up, then restore the resumed checkpoint or the previous stage's model."""
-        # Our loaders are plain; Catalyst adds the DistributedSampler itself, loudly.
-        warnings.filterwarnings("ignore", message="With distributed training setup")
         super().on_stage_start(runner)
         if self._resume_point is not None and self.stage_key == self._resume_point.stage:
-            self._restore(self._resume_point)
+            resume.restore(self, self._resume_point, self.run_dir)
         elif self.engine.is_ddp and self.stages.index(self.stage_key) > 0:
             # Each stage runs in freshly spawned workers, whose model and counters are the
             # parent's initial ones: carry the previous stage over through its last checkpoint.
-            last = self.engine.load_checkpoint(str(self.run_dir / CHECKPOINTS / "last.pth"))
-            self.engine.unpack_checkpoint(last, model=self.model)
-            self._set_counters(last, GLOBAL_COUNTERS)
+            resume.carry_over(self, self.run_dir)
 
     def on_epoch_start(self, runner) -> None:
         """Reseed the loaders' shuffling from the epoch number (see below)."""
@@ -368,72 +352,48 @@ class ImageClassifierRunner(SupervisedConfigRunner):
             if generator is not None:
                 generator.manual_seed(self.seed + self.global_epoch_step)
 
-    def _restore(self, point: ResumePoint) -> None:
-        """Load model, optimizer, scheduler and counters; the stage goes on where it stopped."""
-        checkpoint = self.engine.load_checkpoint(str(point.path))
-        self.engine.unpack_checkpoint(
-            checkpoint,
-            model=self.model,
-            criterion=self.criterion,
-            optimizer=self.optimizer,
-            scheduler=self.scheduler,
-        )
-        self._set_counters(checkpoint, GLOBAL_COUNTERS + STAGE_COUNTERS)
-        if self.engine.is_master_process:
-            print(
-                f"=> resumed from {point.path}: stage {point.stage!r}, "
-                f"epoch {point.stage_epoch} of {self.stage_epoch_len} done"
-            )
-        self._restore_best_score(point.stage)
-
-    def _set_counters(self, checkpoint: dict[str, Any], counters: tuple[str, ...]) -> None:
-        for counter in counters:
-            setattr(self, counter, checkpoint[counter])
-
-    def _restore_best_score(self, stage: str) -> None:
-        """Tell the checkpoint callback the stage's best score so far, so that a worse epoch
-        after the resume does not replace the best checkpoint."""
-        best_path = self.run_dir / CHECKPOINTS / "best.pth"
-        if not best_path.is_file():
-            return
-        best = torch.load(best_path, map_location="cpu")
-        for callback in self.callbacks.values():
-            callback = _get_original_callback(callback)  # unwrap e.g. ControlFlowCallback
-            if not isinstance(callback, CheckpointCallback) or best.get("stage_key") != stage:
-                continue
-            if not callback._use_model_selection:
-                continue
-            score = float(best["epoch_metrics"][callback.loader_key][callback.metric_key])
-            epoch = best["stage_epoch_step"]
-            # Callbacks learn their logdir only at their own stage start, after this one.
-            path = str(self.run_dir / CHECKPOINTS / f"{stage}.{epoch}.pth")
-            callback.best_score = score
-            callback.top_best_metrics = [(score, path, stage, epoch, best["epoch_metrics"])]
+    def on_experiment_start(self, runner) -> None:
+        """Start the clock of the final table."""
+        self._started = time.perf_counter()
+        super().on_experiment_start(runner)
 
     def on_experiment_end(self, runner) -> None:
-        """After a successful run: weights file, picture and the final table."""
+        """After a successful run: weights file, picture, the final table, the finished mark."""
         super().on_experiment_end(runner)
         if self.exception is not None:
             return
         settings = self.export_settings
-        weights = save_best_weights(
-            self.run_dir, settings.weights, arch=self.model_settings.arch, config=self._config
+        weights = write_weights_file(
+            self.run_dir, settings.weights, arch=self.model_settings.arch, config=self.config
         )
         plot_history(self.run_dir, settings.picture, weights)
         print(summary_table(self.run_dir, weights, time.perf_counter() - self._started))
         print(f"weights: {settings.weights}\npicture: {settings.picture}\nlogs:    {self.run_dir}")
+        resume.mark_finished(self.run_dir, settings.weights)
 
     def run(self) -> ImageClassifierRunner:
-        """Run the experiment; bad input exits 2, Ctrl-C exits 130 with the resume command."""
+        """Run the experiment; bad input exits 2; Ctrl-C or SIGTERM exit 130 with the resume
+        command."""
         try:
-            return super().run()
+            with sigterm_as_keyboard_interrupt():
+                return super().run()
         except InputError as error:
             exit_for_input_error(error)
         except KeyboardInterrupt:
-            last = self.run_dir / CHECKPOINTS / "last_full.pth"
-            print(
-                f"\ninterrupted; continue with the same command plus --resume {last}",
-                file=sys.stderr,
-            )
+            print(f"\ninterrupted; {resume.resume_hint(self.run_dir)}", file=sys.stderr)
             raise SystemExit(EXIT_INTERRUPTED) from None
         return self
+
+
+@contextmanager
+def sigterm_as_keyboard_interrupt() -> Iterator[None]:
+    """While the run lasts, SIGTERM (`kill`, a scheduler's stop) raises KeyboardInterrupt in
+    the main thread, so it ends like Ctrl-C instead of killing the process mid-write."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -30,8 +30,9 @@ import torch
 from catalyst.core.callback import Callback, CallbackNode, CallbackOrder
 
 from imgclf.fileio import atomic_write_bytes
-from imgclf.train.callbacks import CHECKPOINTS, read_history
+from imgclf.train.callbacks import read_history
 from imgclf.train.ema import unwrapped
+from imgclf.train.resume import CHECKPOINTS
 
 SELECTED_FILE = "selected.pth"
 RULES = ("smoothed_f1", "loss", "f1")

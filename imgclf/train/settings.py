@@ -9,6 +9,8 @@ one sentence naming the key, so `catalyst-dl run` can stop with exit code 2 and 
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,20 @@ from imgclf.model.factory import ARCHITECTURES
 
 # The one stage every config must have; a user shortens or lengthens training through it.
 MAIN_STAGE = "train"
+
+
+def unknown_key_error(
+    where: str, key: Any, valid: Sequence[str], source: str = "the config"
+) -> InputError:
+    """InputError naming the unknown `key` of block `where` (empty: top level) in `source`,
+    and the nearest valid key (difflib), or all of them when none is near."""
+    prefix = f"{where}." if where else ""
+    near = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
+    if near:
+        hint = f"did you mean {prefix}{near[0]}?"
+    else:
+        hint = f"valid keys{' of ' + where if where else ''}: {', '.join(valid)}."
+    return InputError(f"Unknown config key {prefix}{key} in {source}; {hint}")
 
 
 def _block(config: dict[str, Any], name: str) -> dict[str, Any]:
@@ -40,6 +56,15 @@ def _number(
         what = "an integer" if kind is int else "a number"
         raise InputError(f"{where}.{key} is {value!r}; it must be {what} {bounds}.")
     return kind(value)
+
+
+def _flag(block: dict[str, Any], where: str, key: str, default: bool) -> bool:
+    """A true/false key: YAML reads `ture` or `yes please` as a string, which bool() would
+    silently turn into True."""
+    value = block.get(key, default)
+    if not isinstance(value, bool):
+        raise InputError(f"{where}.{key} is {value!r}; it must be true or false.")
+    return value
 
 
 def _workers(block: dict[str, Any]) -> int | None:
@@ -82,12 +107,10 @@ class DataSettings:
         augment = block.get("augment") or {}
         if not isinstance(augment, dict):
             raise InputError(f"data.augment must be a mapping, got {augment!r}.")
-        known = {"scale", "hflip_prob", "color_jitter", "policy", "policy_magnitude"}
-        unknown = sorted(set(augment) - known)
+        known = ("color_jitter", "hflip_prob", "policy", "policy_magnitude", "scale")
+        unknown = [key for key in augment if key not in known]
         if unknown:
-            raise InputError(
-                f"data.augment has unknown key {unknown[0]!r}; use {', '.join(sorted(known))}."
-            )
+            raise unknown_key_error("data.augment", unknown[0], known)
         if "scale" in augment:
             scale = augment["scale"]
             if not (isinstance(scale, (list, tuple)) and len(scale) == 2 and 0 < scale[0] <= 1):
@@ -111,7 +134,7 @@ class DataSettings:
             batch_size=_number(block, "data", "batch_size", cls.batch_size, int, 1),
             num_workers=_workers(block),
             cache_dir=Path(cache_dir) if cache_dir else None,
-            balanced=bool(block.get("balanced", False)),
+            balanced=_flag(block, "data", "balanced", cls.balanced),
             min_epoch_images=_number(block, "data", "min_epoch_images", 0, int, 0),
             augment=augment,
             mixing=dict(block.get("mixing") or {}),
@@ -150,7 +173,7 @@ class ModelSettings:
             arch=arch,
             pretrained=None if pretrained is None else str(pretrained),
             bn_momentum=momentum,
-            channels_last=bool(block.get("channels_last", cls.channels_last)),
+            channels_last=_flag(block, "model", "channels_last", cls.channels_last),
         )
 
 

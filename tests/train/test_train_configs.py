@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import math
+import os
 from pathlib import Path
 
 import pytest
 import torch
 from catalyst.callbacks import CheckpointCallback
-from catalyst.core._misc import callback_isinstance
 from torch import nn
 from train_helpers import CONFIGS, catalyst_run, merged_config, tiny_overrides, write_yaml
 
 from imgclf.errors import EXIT_BAD_INPUT
 from imgclf.model.factory import build_model, head
 from imgclf.train.callbacks import HistoryCallback, ThroughputCallback
+from imgclf.train.catalyst_compat import callback_isinstance
 from imgclf.train.engines import AutoDistributedEngine
 from imgclf.train.runner import ImageClassifierRunner
 from imgclf.train.schedules import WarmupCosineLR
@@ -184,6 +186,64 @@ BAD_CONFIGS = {
         {"stages": {"train": {"callbacks": {"progress": {"_target_": "catalyst.Nope"}}}}},
         "stages.train.callbacks in the config could not be built",
     ),
+    # Typos and wrong types, refused with the nearest valid name (issue 16, item 11).
+    "data key typo": (
+        {"data": {"img_sise": 128}},
+        "Unknown config key data.img_sise in the config; did you mean data.img_size?",
+    ),
+    "top-level block typo": (
+        {"modle": {"arch": "resnet18"}},
+        "Unknown config key modle in the config; did you mean model?",
+    ),
+    "stage key typo": (
+        {"stages": {"train": {"num_epoch": 3}}},
+        "Unknown config key stages.train.num_epoch in the config; "
+        "did you mean stages.train.num_epochs?",
+    ),
+    "augment key typo": (
+        {"data": {"augment": {"hflip": 0.5}}},
+        "Unknown config key data.augment.hflip in the config; did you mean "
+        "data.augment.hflip_prob?",
+    ),
+    "args key typo": (
+        {"args": {"logdri": "x"}},
+        "Unknown config key args.logdri in the config; did you mean args.logdir?",
+    ),
+    "key with no near name": (
+        {"export": {"zzz": 1}},
+        "Unknown config key export.zzz in the config; valid keys of export: weights, picture.",
+    ),
+    "seed not an integer": ({"args": {"seed": "abc"}}, "args.seed is 'abc' in the config; it"),
+    "flag not true or false": (
+        {"data": {"balanced": "ture"}},
+        "data.balanced is 'ture'; it must be true or false.",
+    ),
+    # Problems knowable at the start, reported before any work (item 13).
+    "data root is a file": (
+        {"data": {"root": "{tmp}/a_file"}},
+        "Data folder {tmp}/a_file is a file, not a folder",
+    ),
+    "weights folder is a file": (
+        {"export": {"weights": "{tmp}/a_file/{arch}.pth"}},
+        "The weights folder {tmp}/a_file can't be created: {tmp}/a_file is a file",
+    ),
+    "picture folder is a file": (
+        {"export": {"picture": "{tmp}/a_file/pictures/logs.png"}},
+        "The picture folder {tmp}/a_file/pictures can't be created",
+    ),
+    "cache folder is a file": (
+        {"data": {"cache_dir": "{tmp}/a_file"}},
+        "The cache folder {tmp}/a_file can't be created",
+    ),
+    "log folder is a file": ({"args": {"logdir": "{tmp}/a_file"}}, "The log folder {tmp}/a_file"),
+    "corrupt resume checkpoint": (
+        {"args": {"resume": "{tmp}/corrupt_full.pth"}},
+        "Checkpoint {tmp}/corrupt_full.pth can't be read (",
+    ),
+    "resume checkpoint is a folder": (
+        {"args": {"resume": "{tmp}/empty"}},
+        "Checkpoint {tmp}/empty is a folder, not a file",
+    ),
 }
 
 
@@ -198,6 +258,11 @@ def _bad_roots(tmp_path: Path, tiny_image_folder: Path) -> None:
         )
     (tmp_path / "single").mkdir()
     (tmp_path / "single" / "circle").symlink_to(tiny_image_folder / "circle")
+    (tmp_path / "a_file").write_text("not a folder\n")
+    # A full checkpoint cut short, as a crash during a plain (non-atomic) copy leaves it.
+    buffer = io.BytesIO()
+    torch.save({"model_state_dict": build_model("resnet18", 3).state_dict()}, buffer)
+    (tmp_path / "corrupt_full.pth").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
 
 
 def _fill(value, tmp_path):
@@ -219,7 +284,8 @@ def test_bad_config_is_one_sentence_and_exit_2(case, tiny_image_folder, tmp_path
     assert exit_info.value.code == EXIT_BAD_INPUT
     stderr = capsys.readouterr().err
     error = stderr.strip().splitlines()[-1]  # progress bars may come first
-    assert error.startswith("catalyst-dl run: error: ") and message in error
+    assert error.startswith("catalyst-dl run: error: ")
+    assert message.replace("{tmp}", str(tmp_path)) in error
     assert "Traceback" not in stderr
 
 
@@ -232,3 +298,19 @@ def test_catalyst_dl_run_exits_2_without_traceback(tmp_path):
     assert result.returncode == EXIT_BAD_INPUT, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert f"Data folder {tmp_path / 'missing'} does not exist" in result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_read_only_weights_folder_is_refused_before_any_work(tiny_image_folder, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    overrides = tiny_overrides(
+        tmp_path, tiny_image_folder, export={"weights": str(locked / "{arch}.pth")}
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        make_runner(merged_config(CONFIGS / "config.yaml", overrides=overrides))
+    assert exit_info.value.code == EXIT_BAD_INPUT
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"The weights folder {locked} is not writable (Permission denied" in error
+    assert not (tmp_path / "cache").exists()  # refused before the images were cached

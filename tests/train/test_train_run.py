@@ -5,19 +5,29 @@ from __future__ import annotations
 import csv
 import json
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 from sklearn.metrics import accuracy_score, f1_score
-from train_helpers import CONFIGS, catalyst_run, tiny_overrides, write_yaml
+from train_helpers import (
+    CONFIGS,
+    ROOT,
+    catalyst_run,
+    subprocess_environment,
+    tiny_overrides,
+    write_yaml,
+)
 
-from imgclf.errors import EXIT_INTERRUPTED
+from imgclf.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED
 from imgclf.imaging import open_rgb
 from imgclf.model.factory import build_model
 from imgclf.model.preprocessing import EvalPreset
 from imgclf.model.weights import load_weights
+from imgclf.train import reexport
 from tests.conftest import make_image_folder
 
 ARCH = "mobilenet_v3_small"
@@ -61,7 +71,8 @@ def first_run(tmp_path_factory, images):
 def test_run_leaves_weights_picture_logs_and_table(first_run, images):
     workdir, result = first_run
     logdir = workdir / "logs"
-    for name in ("split.json", "history.csv", "checkpoints/best.pth", "checkpoints/last_full.pth"):
+    outputs = ("split.json", "history.csv", "checkpoints/best.pth", "checkpoints/last_full.pth")
+    for name in (*outputs, "finished.json"):  # finished: a rerun may start over here
         assert (logdir / name).is_file(), name
     assert not list(logdir.rglob("*.tmp"))  # every atomic write completed
     assert (logdir / "logs" / "train.csv").is_file()  # Catalyst's CSV logger
@@ -163,6 +174,94 @@ def test_interrupted_run_resumes_the_remaining_epochs_only(images, tmp_path):
     resumed_weights = load_weights(tmp_path / "resumed" / "weights" / f"{ARCH}.pth")
     for key, tensor in straight_weights.state_dict.items():
         assert torch.equal(resumed_weights.state_dict[key], tensor), key
+
+
+def test_reexport_writes_the_weights_file_again_from_the_logdir(first_run, tmp_path):
+    workdir, _ = first_run
+    out = tmp_path / "again.pth"
+    command = [
+        sys.executable,
+        "-m",
+        "imgclf.train.reexport",
+        str(workdir / "logs"),
+        "--out",
+        str(out),
+    ]
+    result = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, env=subprocess_environment()
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith(f"weights: {out} ({ARCH}, epoch 1, valid macro-F1 ")
+    first, again = load_weights(workdir / "weights" / f"{ARCH}.pth"), load_weights(out)
+    assert (again.arch, again.classes, again.split) == (first.arch, first.classes, first.split)
+    assert again.metrics == first.metrics and again.preprocessing == first.preprocessing
+    assert all(torch.equal(again.state_dict[k], v) for k, v in first.state_dict.items())
+
+
+def test_reexport_of_a_damaged_checkpoint_is_one_sentence(first_run, tmp_path, capsys):
+    workdir, _ = first_run
+    logdir = tmp_path / "logs"
+    (logdir / "checkpoints").mkdir(parents=True)
+    (logdir / "configs").mkdir()
+    for name in ("split.json", "configs/_config.json"):
+        (logdir / name).write_bytes((workdir / "logs" / name).read_bytes())
+    damaged = logdir / "checkpoints" / "train.1.pth"
+    whole = (workdir / "logs" / "checkpoints" / "best.pth").read_bytes()
+    damaged.write_bytes(whole[: len(whole) // 3])
+    assert reexport.main([str(damaged), "--out", str(tmp_path / "w.pth")]) == EXIT_BAD_INPUT
+    error = capsys.readouterr().err
+    assert error.startswith(
+        f"python -m imgclf.train.reexport: error: Checkpoint {damaged} can't be read ("
+    )
+    assert len(error.strip().splitlines()) == 1 and not (tmp_path / "w.pth").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        reexport.main(["--help"])
+    assert (
+        exit_info.value.code == 0 and "python -m imgclf.train.reexport" in capsys.readouterr().out
+    )
+
+
+def test_sigterm_before_the_first_checkpoint_exits_130_with_a_hint(images, tmp_path):
+    sigterm = {"_target_": "train_helpers.SignalAtBatch", "epoch": 1, "batch": 2}
+    stopped = train(tmp_path, images, stages={"train": {"callbacks": {"sigterm": sigterm}}})
+    assert stopped.returncode == EXIT_INTERRUPTED, stopped.stderr[-3000:]
+    assert "Traceback" not in stopped.stderr
+    assert stopped.stderr.strip().splitlines()[-1] == (
+        "interrupted; no epoch had finished, so no checkpoint was kept; "
+        "rerun the same command to start over"
+    )
+    assert not (tmp_path / "logs" / "checkpoints" / "last_full.pth").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_mid_epoch_keeps_the_checkpoint_and_a_rerun_must_choose(images, tmp_path):
+    # train_helpers.SignalAtBatch sends the real SIGTERM to the training process, mid-epoch.
+    sigterm = {"_target_": "train_helpers.SignalAtBatch", "epoch": 2, "batch": 2}
+    stopped = train(
+        tmp_path, images, epochs=2, stages={"train": {"callbacks": {"sigterm": sigterm}}}
+    )
+    assert stopped.returncode == EXIT_INTERRUPTED, stopped.stderr[-3000:]
+    last = tmp_path / "logs" / "checkpoints" / "last_full.pth"
+    assert stopped.stderr.strip().splitlines()[-1] == (
+        f"interrupted; continue with the same command plus --resume {last} (or --autoresume last)"
+    )
+    assert "Traceback" not in stopped.stderr
+    assert torch.load(last, map_location="cpu")["stage_epoch_step"] == 1  # epoch 1's, intact
+    assert not (tmp_path / "weights").exists()
+    kept = last.read_bytes()
+
+    # The same command again neither starts over nor touches the checkpoint ...
+    again = train(tmp_path, images, epochs=2)
+    assert again.returncode == EXIT_BAD_INPUT, again.stderr[-3000:]
+    assert f"holds an unfinished run (checkpoint {last}); continue it" in again.stderr
+    assert last.read_bytes() == kept
+
+    # ... and with --autoresume last it runs the second epoch only.
+    resumed = train(tmp_path, images, epochs=2, extra_args=("--autoresume", "last"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "stage 'train', epoch 1 of 2 done" in resumed.stdout
+    assert [row["epoch"] for row in history(tmp_path)] == ["1", "2"]
+    assert (tmp_path / "weights" / f"{ARCH}.pth").is_file()
 
 
 def _free_port() -> int:

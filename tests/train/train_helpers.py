@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -52,6 +53,13 @@ def merged_config(*files: Path, overrides: dict | None = None) -> dict:
     return merge_dicts(config, overrides or {})
 
 
+def subprocess_environment() -> dict[str, str]:
+    """This checkout's code first (not another editable install), and this folder, so that a
+    config can name train_helpers' callbacks."""
+    paths = [str(Path(__file__).parent), str(ROOT), os.environ.get("PYTHONPATH", "")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
+
+
 def catalyst_run(*configs: Path, extra_args: tuple[str, ...] = (), timeout: int = 300):
     """Run the real `catalyst-dl run --config ...` from the repository root."""
     return subprocess.run(
@@ -60,8 +68,7 @@ def catalyst_run(*configs: Path, extra_args: tuple[str, ...] = (), timeout: int 
         capture_output=True,
         text=True,
         timeout=timeout,
-        # Lets a config name train_helpers.InterruptAfterEpoch as a callback.
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},
+        env=subprocess_environment(),
     )
 
 
@@ -76,3 +83,21 @@ class InterruptAfterEpoch(Callback):
         """Interrupt once the checkpoint of `epoch` is written."""
         if runner.global_epoch_step == self.epoch:
             raise KeyboardInterrupt
+
+
+class SignalAtBatch(Callback):
+    """Sends this process the real signal `signal` (e.g. "SIGTERM") at the start of batch
+    `batch` of global epoch `epoch` of the train loader: mid-epoch, as `kill` would."""
+
+    def __init__(self, epoch: int, batch: int, signal: str = "SIGTERM") -> None:
+        super().__init__(order=CallbackOrder.external + 1, node=CallbackNode.all)
+        self.epoch, self.batch, self.signal = epoch, batch, signal
+
+    def on_batch_start(self, runner) -> None:
+        """Signal once, at the chosen train batch."""
+        if (runner.global_epoch_step, runner.loader_batch_step, runner.loader_key) == (
+            self.epoch,
+            self.batch,
+            "train",
+        ):
+            os.kill(os.getpid(), getattr(signal, self.signal))
