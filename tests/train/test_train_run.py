@@ -91,8 +91,8 @@ def test_run_leaves_weights_picture_logs_and_table(first_run, images):
     selected = torch.load(logdir / "checkpoints" / "selected.pth", map_location="cpu")
     for key, tensor in selected["model_state_dict"].items():
         assert torch.equal(weights.state_dict[key], tensor), key
-    assert selected["selection"]["rule"] == "smoothed_f1" and selected["selection"]["ema"]
-    rule = "mean valid macro-F1 over 5 epochs, EMA weights"
+    assert selected["selection"]["rule"] == "smoothed_f1" and not selected["selection"]["ema"]
+    rule = "mean valid macro-F1 over 5 epochs"
     assert weights.metrics["selection"] == rule and f"exported by     {rule}" in result.stdout
     assert weights.metrics["epoch"] == selected["global_epoch_step"]
 
@@ -119,7 +119,7 @@ def test_same_seed_gives_the_same_metrics_and_weights(first_run, images, tmp_pat
     assert all(torch.equal(again.state_dict[k], v) for k, v in first.state_dict.items())
 
 
-def test_mixing_progressive_sizes_and_a_time_budget_in_one_real_run(images, tmp_path):
+def test_ema_mixing_progressive_sizes_and_a_time_budget_in_one_real_run(images, tmp_path):
     # Every optional piece of the recipe at once. The budget (10 minutes) is far more than 3
     # tiny epochs need, so the plan is the configured upper bound whatever the machine's speed
     # (how the plan shrinks on a slow machine: test_train_quality, with a clock set by hand).
@@ -128,7 +128,13 @@ def test_mixing_progressive_sizes_and_a_time_budget_in_one_real_run(images, tmp_
             "mixing": {"mixup_alpha": 0.4, "cutmix_alpha": 1.0},
             "progressive": {"start_scale": 0.5, "full_from": 0.5},
         },
-        "stages": {"train": {"num_epochs": 3, "max_minutes": 10}},
+        "stages": {
+            "train": {
+                "num_epochs": 3,
+                "max_minutes": 10,
+                "callbacks": {"ema": {"enabled": True}},
+            }
+        },
     }
     result = train(tmp_path, images, **overrides)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -139,7 +145,16 @@ def test_mixing_progressive_sizes_and_a_time_budget_in_one_real_run(images, tmp_
     assert len(rows) == 3
     # The cosine ends with the stage: the last epoch ends at the schedule's floor (1% of lr).
     assert float(rows[-1]["lr"]) == pytest.approx(0.003 * 0.01, rel=1e-3)
-    assert 1 <= load_weights(tmp_path / "weights" / f"{ARCH}.pth").metrics["epoch"] <= 3
+    weights = load_weights(tmp_path / "weights" / f"{ARCH}.pth")
+    assert 1 <= weights.metrics["epoch"] <= 3
+    # The weight average was validated and exported, and saved for a resume.
+    assert weights.metrics["selection"] == "mean valid macro-F1 over 5 epochs, EMA weights"
+    selected = torch.load(tmp_path / "logs" / "checkpoints" / "selected.pth", map_location="cpu")
+    assert all(
+        torch.equal(weights.state_dict[k], v) for k, v in selected["model_state_dict"].items()
+    )
+    ema = torch.load(tmp_path / "logs" / "checkpoints" / "ema_last.pth", map_location="cpu")
+    assert (ema["stage"], ema["stage_epoch"]) == ("train", 3) and ema["updates"] > 0
 
 
 @pytest.mark.slow
