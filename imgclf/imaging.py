@@ -8,15 +8,19 @@ CMYK / 16-bit modes converted to 8-bit RGB, transparent areas composited on whit
 from __future__ import annotations
 
 import io
+import sys
+import warnings
 from pathlib import Path
 
 from PIL import Image, ImageOps
 
-# Formats the downloader accepts (Pillow format names).
-ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+# Formats the downloader accepts (Pillow format names). MPO is what Pillow calls a JPEG from a
+# camera that appends more pictures (previews, stereo views) after the first one: it is a JPEG.
+ACCEPTED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 # File extension written for each accepted format.
 EXTENSIONS = {
     "JPEG": "jpg",
+    "MPO": "jpg",
     "PNG": "png",
     "WEBP": "webp",
     "GIF": "gif",
@@ -42,6 +46,24 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
         return background
     return image.convert("RGB")
+
+
+def pixel_count(data: bytes) -> int | None:
+    """width x height read from the header only (nothing is decoded); None when not an image.
+
+    The check to make before decoding untrusted bytes: a 144-megapixel PNG of a few kilobytes
+    decodes into gigabytes. Sizes beyond Pillow's own bomb limit count as `sys.maxsize`.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+    except Image.DecompressionBombError:
+        return sys.maxsize
+    except Exception:  # not an image, or a header Pillow chokes on: decoding will say so
+        return None
+    return width * height
 
 
 def open_rgb(source: str | Path | bytes) -> Image.Image:

@@ -27,10 +27,11 @@ ALLOWED: dict[str, set[str]] = {
     "dataset": COMMON | {"acquire"},
     "model": COMMON | {"dataset"},
     "train": COMMON | {"dataset", "model"},
-    "predict": COMMON | {"dataset", "model"},
+    # predict and serve fetch URLs with acquire's fetcher and its address guard (floor 2).
+    "predict": COMMON | {"acquire", "dataset", "model"},
     "evaluate": COMMON | {"dataset", "model", "predict"},
     "search": COMMON | {"dataset", "model", "predict"},
-    "serve": COMMON | {"dataset", "model", "predict", "search"},
+    "serve": COMMON | {"acquire", "dataset", "model", "predict", "search"},
     "demo": COMMON,
     "commands": COMMON | {"acquire", "dataset", "model", "predict", "evaluate", "search", "serve"},
 }

@@ -111,6 +111,10 @@ COVERAGE: dict[str, str] = {
     "python utils/inference.py --export torchscript": (
         EXPORT_TEST + "test_cli_export_and_predict_with_the_export"
     ),
+    "python utils/inference.py --export torchscript --export-to deploy/classifier.ts": (
+        "tests/commands/test_commands_inference_outputs.py::"
+        "test_export_to_chooses_the_exported_file"
+    ),
     "python utils/inference.py --backend onnxruntime": (
         EVALUATION_TEST + "test_every_backend_gives_the_same_report"
     ),

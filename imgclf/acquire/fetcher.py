@@ -3,7 +3,10 @@
 - connection reuse with a global (`concurrency`) and a per-host (`per_host`) connection limit;
 - connect and total timeouts per attempt; only http/https, also after each redirect;
 - redirects followed by hand (at most `max_redirects`): aiohttp's own `max_redirects=N` follows
-  only N-1, and doing it here re-checks scheme and `--block-private` on every hop;
+  only N-1, and doing it here re-checks the scheme on every hop;
+- `--block-private`: only globally routable addresses are connected to, vetted by the
+  connector's own resolver (imgclf.acquire.addresses) on every request and hop, so a name that
+  answers differently the second time (DNS rebinding) cannot reach an internal address;
 - retries with exponential backoff and jitter for retryable failures only (connection errors,
   timeouts, a body cut short, 429, 5xx), waiting at least what `Retry-After` asks;
 - bodies streamed with a cap (`max_bytes`); over the cap or cut short is rejected, never kept;
@@ -15,17 +18,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
-import ipaddress
 import random
-import socket
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 import aiohttp
+from aiohttp.abc import AbstractResolver
 from yarl import URL
 
 from imgclf import USER_AGENT, USER_AGENT_TOKEN
+from imgclf.acquire import addresses
+from imgclf.acquire.reader import MAX_URL_LENGTH, URL_TOO_LONG
 from imgclf.acquire.reasons import http_reason, is_retryable
 
 OPT_OUT_DIRECTIVES = frozenset({"noai", "noimageai"})
@@ -33,6 +38,7 @@ OPT_OUT_DIRECTIVES = frozenset({"noai", "noimageai"})
 _DIRECTIVES_WITH_VALUE = frozenset(
     {"unavailable_after", "max-snippet", "max-image-preview", "max-video-preview"}
 )
+_BOT_NAME = re.compile(r"[a-z0-9][a-z0-9_.\-]*")
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 SCHEMES = frozenset({"http", "https"})
 _CHUNK = 64 * 1024
@@ -53,6 +59,7 @@ class FetchOptions:
     max_redirects: int = 5
     honour_opt_out: bool = True
     block_private: bool = False
+    allowed_networks: tuple[str, ...] = ()  # with block_private: still reachable (CIDR)
     user_agent: str = USER_AGENT
 
 
@@ -77,14 +84,19 @@ class _Failure(Exception):
 class Fetcher:
     """Async context manager owning the HTTP session; `await fetch(url)` never raises."""
 
-    def __init__(self, options: FetchOptions) -> None:
+    def __init__(self, options: FetchOptions, *, lookup: AbstractResolver | None = None) -> None:
+        """`lookup` replaces the system's DNS resolution (tests; the guard still applies)."""
         self.options = options
+        self._lookup = lookup
+        self._allowed = addresses.parse_networks(options.allowed_networks)
         self._session: aiohttp.ClientSession | None = None
-        self._private_hosts: dict[str, bool] = {}
         self._hosts = HostSlots(options.per_host)
 
     async def __aenter__(self) -> Fetcher:
-        connector = aiohttp.TCPConnector(
+        connector = addresses.connector(
+            block_private=self.options.block_private,
+            allowed=self._allowed,
+            lookup=self._lookup,
             limit=self.options.concurrency,
             ttl_dns_cache=300,
         )
@@ -134,8 +146,12 @@ class Fetcher:
                 raise _Failure("unsupported_scheme")
             if not url.host:
                 raise _Failure("invalid_url")
-            if self.options.block_private and await self._is_private(url.host):
-                raise _Failure("blocked_private")
+            if self.options.block_private:
+                try:
+                    # IP literals: the connector's resolver never sees them.
+                    addresses.check_host(url.host, self._allowed)
+                except addresses.BlockedAddressError:
+                    raise _Failure("blocked_private") from None
             try:
                 async with (
                     self._hosts.slot(url.host),
@@ -160,7 +176,9 @@ class Fetcher:
                 raise _Failure("bad_response") from None
             except (aiohttp.InvalidURL, ValueError):
                 raise _Failure("invalid_url") from None
-            except (aiohttp.ClientError, OSError):
+            except (aiohttp.ClientError, OSError) as error:
+                if addresses.blocked_by_guard(error):
+                    raise _Failure("blocked_private") from None
                 raise _Failure("connection") from None
         raise _Failure("too_many_redirects")
 
@@ -183,25 +201,6 @@ class Fetcher:
                 raise _Failure("too_large")
             chunks.append(chunk)
         return b"".join(chunks)
-
-    async def _is_private(self, host: str) -> bool:
-        cached = self._private_hosts.get(host)
-        if cached is not None:
-            return cached
-        try:
-            addresses = [ipaddress.ip_address(host)]
-        except ValueError:
-            loop = asyncio.get_running_loop()
-            try:
-                infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-            except OSError:
-                raise _Failure("connection") from None
-            addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
-        private = any(_is_non_public(address) for address in addresses)
-        if len(self._private_hosts) > 10_000:  # a long list of hosts must not grow memory
-            self._private_hosts.clear()
-        self._private_hosts[host] = private
-        return private
 
 
 class HostSlots:
@@ -236,8 +235,25 @@ class HostSlots:
         return len(self._hosts)
 
 
+def fetch_once(url: str, options: FetchOptions) -> FetchResult:
+    """Fetch one URL from synchronous code with every limit of the downloader.
+
+    The total deadline per attempt (`timeout`, which a body trickling a byte at a time cannot
+    stretch), the byte cap, redirects, retries and `block_private` all apply. Must not be
+    called from a running event loop (use `Fetcher` there).
+    """
+
+    async def run() -> FetchResult:
+        async with Fetcher(options) as fetcher:
+            return await fetcher.fetch(url)
+
+    return asyncio.run(run())
+
+
 def check_url(url: str) -> str:
-    """'' when `url` looks fetchable, else `invalid_url` or `unsupported_scheme`."""
+    """'' when `url` looks fetchable, else `url_too_long`, `invalid_url`, `unsupported_scheme`."""
+    if len(url) > MAX_URL_LENGTH:
+        return URL_TOO_LONG
     try:
         parsed = URL(url)
     except (ValueError, TypeError):
@@ -256,19 +272,21 @@ def check_url(url: str) -> str:
 def opted_out(values: list[str], token: str = USER_AGENT_TOKEN) -> bool:
     """True if an X-Robots-Tag value forbids AI use for every bot or for `token`.
 
-    A value is `directive, directive` or `bot: directive, ...`; only the second form can
-    target a single crawler, and then only ours counts.
+    A value is `directive, directive` or `bot: directive, directive`; a bot name applies to the
+    directives after it up to the next bot name. Proxies may fold several header lines into one
+    field joined by commas (`googlebot: noindex, imgclf: noai`), so one value can name several
+    bots: each part is read on its own. Only directives for every bot or for `token` count.
     """
     for value in values:
-        head, colon, tail = value.partition(":")
-        bot = head.strip().lower()
-        if colon and "," not in bot and bot not in _DIRECTIVES_WITH_VALUE:
-            if bot != token:
-                continue
-            value = tail
-        directives = {part.partition(":")[0].strip().lower() for part in value.split(",")}
-        if directives & OPT_OUT_DIRECTIVES:
-            return True
+        bot = ""  # directives before any bot name are for every bot
+        for part in value.split(","):
+            head, colon, tail = part.partition(":")
+            name = head.strip().lower()
+            if colon and _BOT_NAME.fullmatch(name) and name not in _DIRECTIVES_WITH_VALUE:
+                bot, part = name, tail
+            directive = part.partition(":")[0].strip().lower()
+            if directive in OPT_OUT_DIRECTIVES and bot in ("", token):
+                return True
     return False
 
 
@@ -285,16 +303,3 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
-
-
-def _is_non_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return (
-        address.is_loopback
-        or address.is_private
-        or address.is_link_local
-        or address.is_multicast
-        or address.is_unspecified
-        or address.is_reserved
-    )

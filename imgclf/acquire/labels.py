@@ -1,8 +1,9 @@
 """Class labels to safe folder names, and the check that two labels never share a folder.
 
 A label comes from untrusted input and becomes a directory under `--out`, so it must not escape it
-(`../`, absolute paths), hide (leading dot), or differ only in Unicode normalisation or case from
-another label (macOS and Windows folders are case-insensitive: `Cat` and `cat` would merge).
+(`../`, absolute paths), hide (leading dot), take the name of a file the downloader writes there
+(`manifest.csv`), or differ only in Unicode normalisation or case from another label (macOS and
+Windows folders are case-insensitive: `Cat` and `cat` would merge).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from imgclf.acquire.layout import RESERVED_NAMES
 from imgclf.errors import InputError
 
 MAX_LABEL_BYTES = 100
@@ -23,7 +25,7 @@ def safe_label(label: str) -> str:
     """The folder name for `label`: NFC, no separators or control characters, no leading dot."""
     name = _UNSAFE.sub("_", unicodedata.normalize("NFC", label)).strip()
     name = name.lstrip(".").rstrip(". ")
-    if name.upper() in _WINDOWS_RESERVED:
+    if name.upper() in _WINDOWS_RESERVED or name.casefold() in RESERVED_NAMES:
         name = f"_{name}"
     encoded = name.encode("utf-8")[:MAX_LABEL_BYTES]
     name = encoded.decode("utf-8", errors="ignore")

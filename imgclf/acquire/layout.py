@@ -18,6 +18,10 @@ from imgclf.imaging import EXTENSIONS
 
 MANIFEST_NAME = "manifest.csv"
 STATS_NAME = "download_stats.json"
+LOCK_NAME = ".download.lock"
+PARTIAL_NAME = ".manifest.partial.csv"  # the rows of the run in progress
+# Names of the downloader's own files: no label folder may take one (compared case-folded).
+RESERVED_NAMES = frozenset(name.casefold() for name in (MANIFEST_NAME, STATS_NAME, LOCK_NAME))
 
 
 def url_key(url: str) -> str:
@@ -33,8 +37,12 @@ def relative_path(folder: str, key: str, ext: str) -> str:
 def stage_file(directory: Path, key: str, data: bytes) -> Path:
     """Write `data` to a fresh temporary file in `directory` and return its path."""
     fd, name = tempfile.mkstemp(dir=directory, prefix=f".{key}.", suffix=TMP_SUFFIX)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+    except BaseException:  # a full disk must not leave half a file behind
+        Path(name).unlink(missing_ok=True)
+        raise
     return Path(name)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import multiprocessing
 import os
 import signal
@@ -25,31 +26,30 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from tqdm import tqdm
 
-from imgclf.acquire.batching import BatchedValidator
+from imgclf.acquire.batching import BatchedValidator, WorkerPool
 from imgclf.acquire.fetcher import Fetcher, FetchOptions, FetchResult
 from imgclf.acquire.importer import import_rows, iter_import, scan_import
+from imgclf.acquire.labels import safe_label
 from imgclf.acquire.layout import (
     MANIFEST_NAME,
+    PARTIAL_NAME,
     STATS_NAME,
     candidate_paths,
     relative_path,
     remove_stale_temporaries,
     url_key,
 )
-from imgclf.acquire.manifest import (
-    ManifestCursor,
-    ManifestRow,
-    ManifestWriter,
-    read_manifest,
-    recover_previous,
-)
+from imgclf.acquire.lock import exclusive_output
+from imgclf.acquire.manifest import ManifestIndex, ManifestRow, ManifestWriter, recover
 from imgclf.acquire.reader import InputSummary, UrlRow, iter_url_rows, scan_urls
 from imgclf.acquire.reasons import DUPLICATE, FAILED, OK, STATUSES
 from imgclf.acquire.stats import RunStats
@@ -58,6 +58,7 @@ from imgclf.acquire.validator import (
     init_worker,
     stored_file_intact,
 )
+from imgclf.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ class _Job:
     folder: str
     old: ManifestRow | None
     data: bytes | None = None  # --import: the bytes, read by the producer
+    reason: str = ""  # --import: why there are no bytes (too_large, unreadable)
 
 
 @dataclass
@@ -91,40 +93,118 @@ class _Outcome:
 
 
 def run_download(options: DownloadOptions) -> RunStats:
-    """Run a whole download or import; InputError before any work if the input is bad."""
+    """Run a whole download or import; InputError before any work if the input is bad.
+
+    Also InputError (one sentence) when `--out` cannot be written, is a file, overlaps the
+    import, or another run holds it.
+    """
+    summary, rows = _scan_input(options)
+    out = options.out
+    _check_out(options)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with exclusive_output(out):  # a second run into `out` stops here with one sentence
+            return _run_locked(options, summary, rows)
+    except OSError as error:
+        if error.errno not in UNWRITABLE:
+            raise
+        where = f" {error.filename}" if error.filename else ""
+        raise InputError(
+            f"{out}: cannot write{where} ({error.strerror}); make --out writable or free disk "
+            "space, then rerun the same command to resume."
+        ) from None
+
+
+def _scan_input(options: DownloadOptions) -> tuple[InputSummary, Callable[[], Iterator[UrlRow]]]:
+    """Check the whole input once; return its summary and a way to read its rows again."""
     if options.import_from is not None:
         source = options.import_from
-        summary = scan_import(source)
+        return scan_import(source), partial(import_rows, source)
+    assert options.urls is not None
+    urls, ignore = options.urls, own_files(options.out)
+    if urls.resolve() in ignore:
+        raise InputError(f"{urls} is the manifest this download writes; pass the URL list.")
+    return scan_urls(urls, ignore), partial(iter_url_rows, urls, ignore)
 
-        def rows() -> Iterator[UrlRow]:
-            return import_rows(source)
-    else:
-        assert options.urls is not None
-        urls = options.urls
-        summary = scan_urls(urls)
 
-        def rows() -> Iterator[UrlRow]:
-            return iter_url_rows(urls)
-
+def _run_locked(
+    options: DownloadOptions, summary: InputSummary, rows: Callable[[], Iterator[UrlRow]]
+) -> RunStats:
     out = options.out
-    out.mkdir(parents=True, exist_ok=True)
+    _rename_old_label_folders(out)
     remove_stale_temporaries(out)
-    previous = recover_previous(out, rows)
+    previous = recover(out, rows)
     stats = RunStats(rows_total=summary.rows)
-    pool = _start_workers(options.workers)
+    workers = WorkerPool(partial(_start_workers, options.workers))
+    workers.submit(int)[1].result()  # every worker runs before asyncio and tqdm start threads
+    isolation = WorkerPool(partial(_start_workers, 1))  # started only if a worker dies
+    completed = False
     try:
-        run = _Run(options, summary, previous, pool, stats)
+        run = _Run(options, summary, previous, workers, isolation, stats)
         asyncio.run(run.main())
-        if previous is not None:
-            previous.unlink()  # every row it held was carried into the new manifest
+        # Only now, complete, the new manifest replaces the previous one (atomically).
+        os.replace(out / PARTIAL_NAME, out / MANIFEST_NAME)
+        completed = True
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        if stats.interrupted:
-            remove_stale_temporaries(out)  # staged by workers for rows that were dropped
-        if stats.finished is None:
-            stats.finished = time.time()
-        stats.save(out / STATS_NAME)
+        stats.worker_restarts = workers.restarts + isolation.restarts
+        workers.shutdown()
+        isolation.shutdown()
+        # A failed run (disk full, ...) keeps its partial manifest for the rerun: no error here
+        # may hide the one that stopped it.
+        with contextlib.suppress(*(() if completed else (OSError,))):
+            if stats.interrupted or not completed:
+                remove_stale_temporaries(out)  # staged by workers for rows that were dropped
+            if stats.finished is None:
+                stats.finished = time.time()
+            stats.save(out / STATS_NAME)
     return stats
+
+
+# What a read-only folder, missing permission or a full disk raise.
+UNWRITABLE = frozenset(
+    {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+)
+
+
+def _check_out(options: DownloadOptions) -> None:
+    """InputError when --out cannot be the output folder of this run."""
+    out = options.out
+    for parent in (out, *out.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"--out {out}: {parent} is a file, not a folder; pass a folder.")
+            break
+    source = options.import_from
+    if source is not None and source.is_dir():
+        inside = out.resolve().is_relative_to(source.resolve())
+        if inside or source.resolve().is_relative_to(out.resolve()):
+            raise InputError(
+                f"--out {out} and --import {source} overlap, so the import would read its own "
+                "output; choose an --out outside the imported folder."
+            )
+
+
+def _rename_old_label_folders(out: Path) -> None:
+    """Move a label folder named like one of our files (made by an older version) to its name now.
+
+    Before labels were kept off those names, a label `download_stats.json` got that folder, and
+    the stats file could never be written again.
+    """
+    for name in (MANIFEST_NAME, STATS_NAME):
+        folder = out / name
+        if folder.is_dir():
+            target = out / safe_label(name)
+            if target.exists():
+                raise InputError(
+                    f"{folder} is a folder (the label {name!r} of an older version) and {target} "
+                    "exists too; merge them into the second, then rerun."
+                )
+            os.rename(folder, target)
+
+
+def own_files(out: Path) -> frozenset[Path]:
+    """The files a download into `out` writes that a URL-list reader could mistake for lists."""
+    return frozenset((out / name).resolve() for name in (MANIFEST_NAME, PARTIAL_NAME))
 
 
 def _start_workers(workers: int) -> ProcessPoolExecutor:
@@ -139,9 +219,7 @@ def _start_workers(workers: int) -> ProcessPoolExecutor:
         context = multiprocessing.get_context("forkserver" if sys.platform != "win32" else "spawn")
         if context.get_start_method() == "forkserver":
             context.set_forkserver_preload(["imgclf.acquire.validator"])
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=init_worker)
-    pool.submit(int).result()
-    return pool
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=init_worker)
 
 
 class _Run:
@@ -150,15 +228,16 @@ class _Run:
         options: DownloadOptions,
         summary: InputSummary,
         previous: Path | None,
-        pool: ProcessPoolExecutor,
+        workers: WorkerPool,
+        isolation: WorkerPool,
         stats: RunStats,
     ) -> None:
         self.options = options
         self.out = options.out
         self.folders = summary.folders
-        self.cursor = ManifestCursor(read_manifest(previous)) if previous else None
-        self.pool = pool
-        self.validator = BatchedValidator(pool)
+        self.previous = ManifestIndex(previous) if previous else None
+        self.workers = workers
+        self.validator = BatchedValidator(workers, isolation)
         self.stats = stats
         self.seen: dict[str, tuple[str, str]] = {}  # sha256 -> (url, label) of the kept image
         self.stored: set[str] = set()  # paths committed as ok in this run
@@ -176,7 +255,7 @@ class _Run:
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(signum, self._request_stop, signum)
-        self.writer = ManifestWriter(self.out / MANIFEST_NAME)
+        self.writer = ManifestWriter(self.out / PARTIAL_NAME)
         self.progress = tqdm(
             total=self.stats.rows_total,
             unit="url",
@@ -196,8 +275,11 @@ class _Run:
                 with contextlib.suppress(asyncio.CancelledError):
                     await producer
         finally:
+            await self.validator.aclose()
             self.progress.close()
             self.writer.close()
+            if self.previous is not None:
+                self.previous.close()
             self._remove_empty_folders()
             self.stats.interrupted = self.stopping
             self.stats.finished = time.time()
@@ -219,22 +301,22 @@ class _Run:
     def _jobs(self) -> Iterator[_Job]:
         if self.options.import_from is not None:
             members = iter_import(self.options.import_from, self.options.fetch.max_bytes)
-            for row, data in members:
-                yield _Job(row, self.folders[row.label], self._old(row), data)
+            for row, data, reason in members:
+                yield _Job(row, self.folders[row.label], self._old(row), data, reason)
         else:
             assert self.options.urls is not None
-            for row in iter_url_rows(self.options.urls):
+            for row in iter_url_rows(self.options.urls, own_files(self.out)):
                 yield _Job(row, self.folders[row.label], self._old(row))
 
     def _old(self, row: UrlRow) -> ManifestRow | None:
-        return self.cursor.take(row) if self.cursor else None
+        return self.previous.take(row) if self.previous else None
 
     async def _produce(self) -> None:
         try:
             for job in self._jobs():
                 self.waiting_job = job
                 await self.window.acquire()
-                fetch_now = self._must_fetch(job.old)
+                fetch_now = not job.row.reason and self._must_fetch(job.old)
                 if fetch_now:
                     await self.slots.acquire()
                 task = asyncio.create_task(self._process(job, fetch_now))
@@ -258,9 +340,11 @@ class _Run:
     # -- one row ----------------------------------------------------------------------------
 
     async def _process(self, job: _Job, holds_slot: bool) -> _Outcome:
+        if job.row.reason:  # refused as read (url_too_long): nothing to fetch
+            return _Outcome(_failed(job.row, job.row.reason, 0))
         old = job.old
         if old is not None and not holds_slot:
-            if old.status != OK or await self._intact(old):
+            if old.status != OK or await self._intact(job, old):
                 return _Outcome(old, reused=True)
             await self.slots.acquire()  # the stored file is gone or damaged: fetch it again
         try:
@@ -271,17 +355,29 @@ class _Run:
             return _Outcome(_failed(job.row, result.reason, result.attempts))
         return await self._validate(job, result)
 
-    async def _intact(self, old: ManifestRow) -> bool:
-        loop = asyncio.get_running_loop()
+    async def _intact(self, job: _Job, old: ManifestRow) -> bool:
+        """True when the old row's file is where this row's file belongs, with its bytes.
+
+        A path elsewhere (an edited manifest: `../`, another label's folder) is never read.
+        """
+        expected = candidate_paths(self.out, job.folder, url_key(job.row.url))
+        if self.out / old.path not in expected:
+            return False
         path = str(self.out / old.path)
         check = stored_file_intact, path, old.sha256, old.bytes if old.bytes is not None else -1
-        return await loop.run_in_executor(self.pool, *check)
+        for _attempt in range(2):  # a worker dying meanwhile breaks this check too: once more
+            pool, future = self.workers.submit(*check)
+            try:
+                return await asyncio.wrap_future(future)
+            except BrokenProcessPool:
+                self.workers.replace(pool)
+        return False  # cannot tell: fetch it again
 
     async def _obtain(self, job: _Job) -> FetchResult:
         if self.options.import_from is None:
             return await self.fetcher.fetch(job.row.url)
         data, job.data = job.data, None
-        return FetchResult(data, "" if data is not None else "too_large", 1)
+        return FetchResult(data, job.reason, 1)
 
     async def _validate(self, job: _Job, result: FetchResult) -> _Outcome:
         assert result.body is not None
@@ -371,8 +467,8 @@ class _Run:
         self.queue.clear()
         if self.waiting_job is not None and self.waiting_job.old is not None:
             self.writer.write(self.waiting_job.old)
-        if self.cursor is not None:
-            for old in self.cursor.rest():
+        if self.previous is not None:
+            for old in self.previous.rest():
                 self.writer.write(old)
 
 

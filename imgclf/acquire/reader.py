@@ -10,12 +10,17 @@ Accepted inputs (`--urls` is a file or a folder of such files; each may be gzip-
 A folder is read file by file in sorted name order. Nothing is loaded whole: a list of a million
 URLs costs the memory of one row. A malformed input raises InputError naming the file and line;
 `scan_urls` runs the whole check once before any download starts.
+
+Every row is bounded here, for every format, so a manifest row stays small enough for any CSV
+reader: a URL longer than MAX_URL_LENGTH (a scraped `data:` URL of 100 KB is common) becomes a
+row with reason `url_too_long` and a shortened URL; an over-long label or split is bad input.
 """
 
 from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import io
 import json
 from collections.abc import Iterable, Iterator
@@ -29,6 +34,14 @@ TABLE_DELIMITERS = {".csv": ",", ".tsv": "\t"}
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 TEXT_SUFFIX = ".txt"
 SUFFIXES = (*TABLE_DELIMITERS, *JSONL_SUFFIXES, TEXT_SUFFIX)
+MAX_URL_LENGTH = 8192  # characters; browsers and servers refuse longer ones too
+MAX_LABEL_LENGTH = 1000
+MAX_SPLIT_LENGTH = 100
+_SHOWN_URL_PREFIX = 200
+# Fields up to this size are read (csv's default 128 KiB would stop at one long URL).
+CSV_FIELD_LIMIT = 16 * 1024 * 1024
+csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
+URL_TOO_LONG = "url_too_long"
 
 
 @dataclass(frozen=True)
@@ -40,6 +53,7 @@ class UrlRow:
     label: str
     split: str
     where: str
+    reason: str = ""  # set when the row is refused as read (e.g. url_too_long)
 
 
 @dataclass(frozen=True)
@@ -50,10 +64,52 @@ class InputSummary:
     folders: dict[str, str]
 
 
-def list_input_files(path: Path) -> list[Path]:
-    """The URL list files under `path` (itself if a file), sorted; InputError if there are none."""
+def url_row(index: int, url: str, label: str, split: str, where: str) -> UrlRow:
+    """One bounded input row: a too-long URL is refused with a reason, a too-long label is bad."""
+    for name, text in (("label", label), ("split", split)):
+        if not _encodable(text):
+            raise InputError(f"{where}: the {name} {text!r} is not valid Unicode text; fix it.")
+    if not _encodable(url):  # a lone surrogate from a JSON escape: no file can hold it as UTF-8
+        return UrlRow(index, url.encode("utf-8", "backslashreplace").decode(), label, split,
+                      where, "invalid_url")  # fmt: skip
+    if len(label) > MAX_LABEL_LENGTH:
+        raise InputError(
+            f"{where}: the label is {len(label):,} characters long (at most "
+            f"{MAX_LABEL_LENGTH:,}); shorten it."
+        )
+    if len(split) > MAX_SPLIT_LENGTH:
+        raise InputError(
+            f"{where}: the split value is {len(split):,} characters long (at most "
+            f"{MAX_SPLIT_LENGTH}); use a short name such as test."
+        )
+    if len(url) > MAX_URL_LENGTH:
+        return UrlRow(index, shortened_url(url), label, split, where, URL_TOO_LONG)
+    return UrlRow(index, url, label, split, where)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shortened_url(url: str) -> str:
+    """A stand-in for an over-long URL: its start, its length and a digest (stable per URL)."""
+    digest = hashlib.sha1(url.encode("utf-8")).hexdigest()[:16]
+    return f"{url[:_SHOWN_URL_PREFIX]}...[{len(url)} characters, sha1 {digest}]"
+
+
+def list_input_files(path: Path, ignore: frozenset[Path] = frozenset()) -> list[Path]:
+    """The URL list files under `path` (itself if a file), sorted; InputError if there are none.
+
+    Files in `ignore` (resolved paths: the run's own manifest) are never read as lists.
+    """
     if not path.exists():
         raise InputError(f"{path}: no such file or folder; pass --urls with a URL list.")
+    if not path.is_file() and not path.is_dir():  # a FIFO or device: read twice, or never ends
+        raise InputError(f"{path}: not a regular file or folder; save the URL list to a file.")
     if path.is_file():
         if _format_suffix(path) is None:
             raise InputError(f"{path}: unknown list format; use one of {', '.join(SUFFIXES)}.")
@@ -61,25 +117,28 @@ def list_input_files(path: Path) -> list[Path]:
     files = sorted(
         child
         for child in path.iterdir()
-        if child.is_file() and not child.name.startswith(".") and _format_suffix(child)
+        if child.is_file()
+        and not child.name.startswith(".")
+        and _format_suffix(child)
+        and child.resolve() not in ignore
     )
     if not files:
         raise InputError(f"{path}: no URL lists in this folder (expected {', '.join(SUFFIXES)}).")
     return files
 
 
-def iter_url_rows(path: Path) -> Iterator[UrlRow]:
-    """Every row of every list under `path`, in order, numbered from 0."""
+def iter_url_rows(path: Path, ignore: frozenset[Path] = frozenset()) -> Iterator[UrlRow]:
+    """Every row of every list under `path` (but `ignore`), in order, numbered from 0."""
     index = 0
-    for file in list_input_files(path):
+    for file in list_input_files(path, ignore):
         for url, label, split, line in _iter_file(file):
-            yield UrlRow(index, url, label, split, f"{file}:{line}")
+            yield url_row(index, url, label, split, f"{file}:{line}")
             index += 1
 
 
-def scan_urls(path: Path) -> InputSummary:
+def scan_urls(path: Path, ignore: frozenset[Path] = frozenset()) -> InputSummary:
     """Read the whole input once (streamed) and raise InputError on the first malformed row."""
-    return summarize(iter_url_rows(path), f"{path}: the input holds no URLs.")
+    return summarize(iter_url_rows(path, ignore), f"{path}: the input holds no URLs.")
 
 
 def summarize(rows: Iterable[UrlRow], when_empty: str) -> InputSummary:

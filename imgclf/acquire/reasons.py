@@ -14,8 +14,10 @@ STATUSES = (OK, FAILED, DUPLICATE)
 
 REASONS: dict[str, str] = {
     "invalid_url": "the URL cannot be parsed or has no host",
+    "url_too_long": "the URL is longer than 8192 characters (the manifest keeps a shortened form)",
     "unsupported_scheme": "the scheme is not http or https (also after a redirect)",
-    "blocked_private": ("--block-private: the host is loopback, private, link-local or multicast"),
+    "blocked_private": "--block-private: the host has no globally routable address (loopback, "
+    "private, CGNAT, link-local, multicast, reserved; checked on the address connected to)",
     "http_<code>": "the server answered with this HTTP status (e.g. http_404, http_500, http_429)",
     "too_many_redirects": "more than 5 redirects, or a redirect loop",
     "timeout": "connect or total timeout (--connect-timeout, --timeout)",
@@ -25,11 +27,14 @@ REASONS: dict[str, str] = {
     "too_large": "the body is larger than --max-bytes (announced or while streaming)",
     "opted_out": "X-Robots-Tag says noai / noimageai (switch off with --ignore-opt-out)",
     "empty": "the body (or imported file) is empty",
+    "unreadable": "--import: the file or archive member cannot be read (bad CRC, I/O error)",
     "not_image": "the bytes are not an image (e.g. an HTML page served as image/jpeg)",
     "unsupported_format": "an image format other than JPEG, PNG, WebP, GIF, BMP or TIFF",
     "too_many_pixels": "width x height above --max-pixels (checked before decoding: bombs)",
     "too_small": "the shorter side is below --min-side",
     "corrupt": "the image does not decode completely (truncated or corrupt data)",
+    "worker_crashed": "validating the image killed its worker process twice (decoder crash, "
+    "out of memory); the run went on with a fresh worker",
     "duplicate": "the same bytes were already stored for an earlier row (see duplicate_of)",
 }
 

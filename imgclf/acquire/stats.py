@@ -31,6 +31,7 @@ class RunStats:
     reused: int = 0
     images_written: int = 0
     label_conflicts: int = 0
+    worker_restarts: int = 0  # validation pools rebuilt after a worker died
     conflict_examples: list[dict[str, str]] = field(default_factory=list)
 
     def add(self, row: ManifestRow, reused: bool, written: bool) -> None:
@@ -85,6 +86,7 @@ class RunStats:
             "rows_per_s": round(self.rows_done / seconds, 1),
             "images_per_s": round(self.images_written / seconds, 1),
             "label_conflicts": self.label_conflicts,
+            "worker_restarts": self.worker_restarts,
             "label_conflict_examples": self.conflict_examples,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
         }

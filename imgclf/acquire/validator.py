@@ -35,6 +35,17 @@ EXIF_ORIENTATION = 0x0112
 # Orientations 5-8 rotate by 90 degrees: the upright image has width and height swapped.
 _TRANSPOSING = frozenset({5, 6, 7, 8})
 RESIZE_QUALITY = 90
+JPEG_FORMATS = frozenset({"JPEG", "MPO"})
+# Image formats Pillow cannot open here (no plugin), told apart from bytes that are no image:
+# (offset, signature) -> name. ISO-BMFF images carry their brand after `ftyp` at offset 4.
+_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif")
+_UNSUPPORTED_SIGNATURES = (
+    *((4, b"ftyp" + brand) for brand in _HEIF_BRANDS),  # HEIC / HEIF / AVIF
+    (0, b"\xff\x0a"),  # JPEG XL codestream
+    (0, b"\x00\x00\x00\x0cJXL \r\n\x87\n"),  # JPEG XL container
+    (0, b"\x00\x00\x00\x0cjP  \r\n\x87\n"),  # JPEG 2000
+    (0, b"8BPS"),  # Photoshop
+)
 ORPHAN_POLL_SECONDS = 0.5
 
 
@@ -130,7 +141,7 @@ def _inspect(data: bytes, options: ValidationOptions) -> tuple[Verdict, Image.Im
     try:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
-        return Verdict("not_image"), None
+        return Verdict("unsupported_format" if is_unsupported_image(data) else "not_image"), None
     except Image.DecompressionBombError:
         return Verdict("too_many_pixels"), None
     except Exception:  # a plugin choking on a broken header: bad data, not a bug
@@ -148,6 +159,11 @@ def _inspect(data: bytes, options: ValidationOptions) -> tuple[Verdict, Image.Im
     return Verdict("", ext, width, height, hashlib.sha256(data).hexdigest(), len(data)), image
 
 
+def is_unsupported_image(data: bytes) -> bool:
+    """True when `data` starts like an image format that is not accepted (HEIC, AVIF, JPEG XL)."""
+    return any(data[offset:].startswith(magic) for offset, magic in _UNSUPPORTED_SIGNATURES)
+
+
 def _check_header(image: Image.Image, options: ValidationOptions) -> str:
     if image.format not in ACCEPTED_FORMATS:
         return "unsupported_format"
@@ -162,7 +178,7 @@ def _check_header(image: Image.Image, options: ValidationOptions) -> str:
 def _decode(image: Image.Image, data: bytes) -> str:
     """Decode every pixel; '' when that worked, 'corrupt' otherwise."""
     try:
-        if image.format == "JPEG":
+        if image.format in JPEG_FORMATS:  # an MPO's first picture is a plain JPEG stream
             colorspace = {"L": "GRAY", "CMYK": "CMYK"}.get(image.mode, "RGB")
             simplejpeg.decode_jpeg(data, colorspace=colorspace, strict=True)
         else:

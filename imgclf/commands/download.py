@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from imgclf import USER_AGENT
+from imgclf.acquire.addresses import parse_networks
 from imgclf.acquire.fetcher import FetchOptions
 from imgclf.acquire.layout import MANIFEST_NAME, STATS_NAME
 from imgclf.acquire.pipeline import DownloadOptions, run_download
@@ -106,8 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument(
         "--block-private",
         action="store_true",
-        help="refuse hosts on loopback, private, link-local or multicast addresses "
-        "(use for untrusted lists)",
+        help="connect only to globally routable addresses: no loopback, private, CGNAT, "
+        "link-local, multicast or reserved ones, also after redirects (use for untrusted lists)",
+    )
+    net.add_argument(
+        "--allow-network",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="with --block-private, still allow this network (an internal mirror); repeatable",
     )
     image = parser.add_argument_group("images")
     image.add_argument(
@@ -151,6 +159,10 @@ def options_from_args(args: argparse.Namespace) -> DownloadOptions:
         _require(getattr(args, name) >= 0, name, "0 or more")
     if args.resize is not None:
         _require(args.resize >= 1, "resize", "at least 1")
+    try:
+        parse_networks(args.allow_network)
+    except ValueError as error:
+        raise InputError(f"--allow-network: {error}; pass a network like 10.1.0.0/16.") from None
     fetch = FetchOptions(
         concurrency=args.concurrency,
         per_host=args.per_host,
@@ -162,6 +174,7 @@ def options_from_args(args: argparse.Namespace) -> DownloadOptions:
         max_bytes=args.max_bytes,
         honour_opt_out=not args.ignore_opt_out,
         block_private=args.block_private,
+        allowed_networks=tuple(args.allow_network),
         user_agent=args.user_agent or USER_AGENT,
     )
     validation = ValidationOptions(args.max_pixels, args.min_side, args.resize)

@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from imgclf.commands import run_command
+from imgclf.commands.paths import check_writable_file, check_writable_folder
 from imgclf.errors import EXIT_ITEM_FAILED, EXIT_OK
 
 PROG = "inference.py"
@@ -40,7 +42,18 @@ def parse_args(
     mode.add_argument(
         "--export",
         choices=("onnx", "torchscript"),
-        help="write <weights>.onnx or .ts next to the weights file",
+        help="write <weights>.onnx or .ts next to the weights file (or to --export-to)",
+    )
+    add(
+        "--export-to",
+        metavar="PATH",
+        help="--export: the file to write instead of the one next to the weights",
+    )
+    add(
+        "--allow-private-urls",
+        action="store_true",
+        help="--predict: also fetch URLs on loopback, private or link-local addresses "
+        "(refused by default, as the downloader's --block-private does)",
     )
     add(
         "--backend",
@@ -117,18 +130,39 @@ def parse_args(
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.workers is not None and args.workers < 0:
         parser.error("--workers must be 0 (load in the main process) or more")
+    if args.export_to and not args.export:
+        parser.error("--export-to needs --export onnx or --export torchscript")
     return args
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Refuse, before any work, outputs that cannot be written (InputError, one sentence)."""
+    if args.export:
+        check_writable_file(export_target(args), "--export-to" if args.export_to else "--export")
+    elif not args.predict:
+        check_writable_folder(args.out, "--out")
+        check_writable_folder(args.pictures, "--pictures")
+
+
+def export_target(args: argparse.Namespace) -> Path:
+    """Where --export writes: --export-to, else next to the weights with the format's suffix."""
+    from imgclf.model.export import SUFFIXES  # loads torch: not at import, for a quick --help
+
+    if args.export_to:
+        return Path(args.export_to)
+    return Path(args.weights).with_suffix(SUFFIXES[args.export])
 
 
 def run(args: argparse.Namespace) -> int:
     """Do what `args` ask and print the result; returns the exit code."""
+    check_outputs(args)  # before the heavy imports and any work: a bad output fails at once
     # Heavy imports after parsing, so --help answers at once.
     from imgclf.evaluate import evaluation
     from imgclf.model import export
     from imgclf.predict import prediction
 
     if args.export:
-        path, spec = export.export_model(args.weights, args.export)
+        path, spec = export.export_model(args.weights, args.export, export_target(args))
         print(f"wrote {path} ({spec.arch}, {len(spec.classes)} classes, preprocessing embedded)")
         return EXIT_OK
     if args.predict:
@@ -140,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             workers=args.workers,
             tta=args.tta,
+            block_private=not args.allow_private_urls,
         )
         text = json.dumps(result.payload, indent=2)
         print(text if args.json else prediction.format_predictions(result.payload))

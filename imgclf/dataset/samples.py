@@ -1,17 +1,20 @@
 """Which labelled images a data root holds: `read_samples(root)` → (classes, samples).
 
 Two layouts, checked in this order:
-1. `<root>/manifest.csv` written by the downloader: its `ok` rows (`path`, `label`, `split`,
-   `sha256`); `failed` and `duplicate` rows are skipped.
+1. `<root>/manifest.csv` written by the downloader, read through the downloader's own reader:
+   its `ok` rows (`path`, `label`, `split`, `sha256`); `failed` and `duplicate` rows are skipped.
 2. `<root>/<label>/<image>` folders, like torchvision's ImageFolder and timm's
    `reader_image_folder`: sorted class names, sorted files, hidden files and folders ignored.
+
+A folder that shows an unfinished download (one running, or a run that did not finish) is
+refused: it would be read as part of the data, or, without its manifest, as plain class folders
+that silently put the manifest's test split into training.
 
 No torch here: reading a folder is cheap and used by light tools too.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
 from collections import Counter
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from imgclf.acquire.layout import MANIFEST_NAME as MANIFEST
+from imgclf.acquire.manifest import read_manifest, unfinished_download
 from imgclf.acquire.reasons import OK
 from imgclf.errors import InputError
 from imgclf.imaging import IMAGE_SUFFIXES
@@ -61,6 +65,9 @@ def read_samples(root: str | Path) -> tuple[list[str], list[Sample]]:
             f"Data folder {root} does not exist; download images first "
             "(python utils/download_data.py) or set data.root to a folder of <label>/ folders."
         )
+    unfinished = unfinished_download(root)
+    if unfinished is not None:
+        raise InputError(unfinished)
     manifest = root / MANIFEST
     samples = _read_manifest(manifest) if manifest.is_file() else _read_folders(root)
     classes = sorted({sample.label for sample in samples})
@@ -110,50 +117,36 @@ def _read_folders(root: Path) -> list[Sample]:
 
 
 def _read_manifest(manifest: Path) -> list[Sample]:
-    with manifest.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = [name for name in MANIFEST_COLUMNS if name not in (reader.fieldnames or [])]
-        if missing:
-            raise InputError(
-                f"{manifest} lacks the column(s) {', '.join(missing)}; "
-                "pass the manifest.csv written by utils/download_data.py."
-            )
-        rows = list(reader)
     samples: list[Sample] = []
     labels_seen: Counter[str] = Counter()
     seen_paths: dict[str, int] = {}  # path → line of its first 'ok' row
-    for line, row in enumerate(rows, start=2):  # line 1 is the header
-        labels_seen[row["label"]] += 1
-        if row["status"] != OK:
+    rows = 0
+    for line, row in read_manifest(manifest, required=MANIFEST_COLUMNS):
+        rows += 1
+        labels_seen[row.label] += 1
+        if row.status != OK:
             continue
-        if not row["path"] or not row["label"]:
+        if not row.path or not row.label:
             raise InputError(
                 f"{manifest} line {line} is an 'ok' row without a path or label; "
                 "re-run the download or fix the row."
             )
-        path = PurePosixPath(row["path"])
+        path = PurePosixPath(row.path)
         if path.is_absolute() or ".." in path.parts:
             raise InputError(
-                f"{manifest} line {line} has path {row['path']!r}, which leaves the data folder; "
+                f"{manifest} line {line} has path {row.path!r}, which leaves the data folder; "
                 "paths must be relative to the folder that holds manifest.csv."
             )
-        if row["path"] in seen_paths:
+        if row.path in seen_paths:
             raise InputError(
-                f"{manifest} line {line} lists {row['path']!r} again (first on line "
-                f"{seen_paths[row['path']]}); keep one 'ok' row per file."
+                f"{manifest} line {line} lists {row.path!r} again (first on line "
+                f"{seen_paths[row.path]}); keep one 'ok' row per file."
             )
-        seen_paths[row["path"]] = line
-        samples.append(
-            Sample(
-                path=row["path"],
-                label=row["label"],
-                sha256=row["sha256"] or None,
-                split=row["split"] or None,
-            )
-        )
+        seen_paths[row.path] = line
+        samples.append(Sample(row.path, row.label, row.sha256 or None, row.split or None))
     if not samples:
         raise InputError(
-            f"{manifest} has no 'ok' rows ({len(rows)} rows in all); "
+            f"{manifest} has no 'ok' rows ({rows} rows in all); "
             "check download_stats.json for why the downloads failed."
         )
     ok_labels = {sample.label for sample in samples}

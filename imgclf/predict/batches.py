@@ -48,9 +48,13 @@ class Loaded:
 class ItemImages(Dataset):
     """Items → preprocessed tensors; failures are returned, not raised."""
 
-    def __init__(self, items: Sequence[Item], preprocess: Callable) -> None:
+    def __init__(
+        self, items: Sequence[Item], preprocess: Callable, *, block_private: bool = True
+    ) -> None:
+        """`block_private`: URLs may reach only globally routable addresses."""
         self.items = items
         self.preprocess = preprocess
+        self.block_private = block_private
 
     def __len__(self) -> int:
         return len(self.items)
@@ -73,7 +77,7 @@ class ItemImages(Dataset):
             return Loaded(index, None, item.error, 0.0, 0.0)
         start = time.perf_counter()
         try:
-            data = read_item(item)
+            data = read_item(item, block_private=self.block_private)
         except OSError as error:
             return Loaded(index, None, str(error), 0.0, 0.0)
         read_done = time.perf_counter()
@@ -152,12 +156,16 @@ def predict_items(
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int | None = None,
     progress: str | None = None,
+    block_private: bool = True,
 ) -> Outcome:
-    """Classify every item; `progress` is the tqdm description (None: no bar)."""
+    """Classify every item; `progress` is the tqdm description (None: no bar).
+
+    `block_private`: URL items may reach only globally routable addresses.
+    """
     workers = inference_workers() if workers is None else workers
     # Worker processes only pay off when there is more than one batch to overlap.
     workers = workers if len(items) > batch_size else 0
-    dataset = ItemImages(items, predictor.preset)
+    dataset = ItemImages(items, predictor.preset, block_private=block_private)
     loader = DataLoader(
         dataset,
         batch_size=batch_size,

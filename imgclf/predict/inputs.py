@@ -1,25 +1,30 @@
 """What `--predict` was given: image files, folders of images, http(s) URLs → a flat list of items.
 
 A path that does not exist or a folder without images becomes an item with an error, so it is
-reported in line with the others and the rest still run. URLs are fetched with a plain bounded,
-timeout-guarded urllib GET (one request per image: no session, cookies or retries to manage).
+reported in line with the others and the rest still run. URLs are fetched with the downloader's
+fetcher and limits (total deadline, byte cap, address guard); every image gets the downloader's
+pixel cap before it is decoded.
 """
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from imgclf import USER_AGENT
+from imgclf.acquire.fetcher import FetchOptions, fetch_once
+from imgclf.acquire.reasons import REASONS
+from imgclf.acquire.validator import ValidationOptions
 from imgclf.dataset.samples import image_files
-from imgclf.imaging import IMAGE_SUFFIXES
+from imgclf.imaging import IMAGE_SUFFIXES, pixel_count
 
 FETCH_TIMEOUT_S = 15.0
 # Refuse bodies above this size: a classifier input is never this large, a wrong URL may be.
 MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
+# The downloader's limit: larger images are refused before decoding.
+MAX_PIXELS = ValidationOptions.max_pixels
 
 
 @dataclass(frozen=True)
@@ -59,30 +64,71 @@ def expand_inputs(arguments: Sequence[str]) -> list[Item]:
 
 
 def fetch_url(
-    url: str, *, timeout: float = FETCH_TIMEOUT_S, max_bytes: int = MAX_DOWNLOAD_BYTES
+    url: str,
+    *,
+    timeout: float = FETCH_TIMEOUT_S,
+    max_bytes: int = MAX_DOWNLOAD_BYTES,
+    block_private: bool = True,
 ) -> bytes:
-    """GET `url` and return the body; raises OSError with a short reason on any failure."""
-    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            declared = response.headers.get("Content-Length")
-            if declared and declared.isdigit() and int(declared) > max_bytes:
-                raise OSError(f"body of {int(declared)} bytes exceeds {max_bytes} bytes")
-            body = response.read(max_bytes + 1)
-    except urllib.error.HTTPError as error:
-        raise OSError(f"HTTP {error.code} {error.reason}") from error
-    except urllib.error.URLError as error:
-        # urlopen wraps a timeout while waiting for the answer in URLError too.
-        if isinstance(error.reason, TimeoutError):
-            raise OSError(f"no answer within {timeout:g} s") from error
-        raise OSError(f"unreachable ({error.reason})") from error
-    except TimeoutError as error:  # the body stalled after the headers
-        raise OSError(f"no answer within {timeout:g} s") from error
-    if len(body) > max_bytes:
-        raise OSError(f"body exceeds {max_bytes} bytes")
-    return body
+    """GET `url` with the downloader's fetcher; raises OSError with a short reason on failure.
+
+    `timeout` is a deadline for the whole request, body included (a body that trickles a byte
+    at a time cannot stretch it), `max_bytes` holds while streaming, and with `block_private`
+    only globally routable addresses are connected to (imgclf.acquire.addresses), also after
+    redirects.
+    """
+    options = FetchOptions(
+        concurrency=1,
+        per_host=1,
+        connect_timeout=min(timeout, FetchOptions.connect_timeout),
+        timeout=timeout,
+        retries=1,
+        max_bytes=max_bytes,
+        block_private=block_private,
+        user_agent=USER_AGENT,
+    )
+    result = fetch_once(url, options)
+    if result.body is None:
+        raise OSError(_describe(result.reason, timeout, max_bytes))
+    return result.body
 
 
-def read_item(item: Item) -> bytes:
-    """The raw bytes of an item's file or URL; raises OSError with a short reason."""
-    return fetch_url(item.source) if is_url(item.source) else Path(item.source).read_bytes()
+def _describe(reason: str, timeout: float, max_bytes: int) -> str:
+    if reason == "timeout":
+        return f"no complete answer within {timeout:g} s"
+    if reason == "too_large":
+        return f"body exceeds {max_bytes} bytes"
+    if reason == "blocked_private":
+        return (
+            "not a globally routable address (loopback, private, link-local, ...); "
+            "pass --allow-private-urls to fetch it"
+        )
+    if reason.startswith("http_"):
+        return f"HTTP {reason[5:]}"
+    if reason == "connection":
+        return "unreachable (the connection failed, or the host name did not resolve)"
+    return f"{reason}: {REASONS.get(reason, reason)}"
+
+
+def read_item(item: Item, *, block_private: bool = True, max_pixels: int = MAX_PIXELS) -> bytes:
+    """The raw bytes of an item's file or URL; raises OSError with a short reason.
+
+    Files get the same byte cap as URLs, and both the downloader's pixel cap, read from the
+    header before anything is decoded (a 144-megapixel PNG of a few KB decodes into GBs).
+    """
+    if is_url(item.source):
+        data = fetch_url(item.source, block_private=block_private)
+    else:
+        path = Path(item.source)
+        size = path.stat().st_size
+        if size > MAX_DOWNLOAD_BYTES:
+            raise OSError(f"file of {size} bytes exceeds {MAX_DOWNLOAD_BYTES} bytes")
+        data = path.read_bytes()
+    pixels = pixel_count(data)
+    if pixels is not None and pixels > max_pixels:
+        shown = "beyond Pillow's limit" if pixels == sys.maxsize else f"{pixels:,}"
+        raise OSError(
+            f"image of {shown} pixels, above the limit of {max_pixels:,} "
+            "(decoding it could exhaust memory)"
+        )
+    return data

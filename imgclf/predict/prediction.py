@@ -85,8 +85,13 @@ def predict_paths(
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int | None = None,
     tta: bool = False,
+    block_private: bool = True,
 ) -> PredictionResult:
-    """Classify files, folders (recursively) and URLs; failed items are results with an error."""
+    """Classify files, folders (recursively) and URLs; failed items are results with an error.
+
+    `tta`: average each image with its mirror. `block_private`: URLs may reach only globally
+    routable addresses (the downloader's guard).
+    """
     predictor = load_predictor(weights, backend, tta=tta)
     items = expand_inputs(inputs)
     outcome = predict_items(
@@ -95,6 +100,7 @@ def predict_paths(
         batch_size=batch_size,
         workers=workers,
         progress="predicting" if len(items) > batch_size else None,
+        block_private=block_private,
     )
     topk = max(1, min(topk, len(predictor.classes)))
     payload = _payload(predictor, [item.source for item in items], outcome, topk)

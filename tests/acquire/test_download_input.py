@@ -95,7 +95,7 @@ def test_unreadable_inputs_are_input_errors(tmp_path):
     (tmp_path / "urls.xlsx").write_bytes(b"")
     (tmp_path / "huge.csv").write_text("url,label\nhttp://a/1.jpg," + "c" * 200_000 + "\n")
     for name, message in [
-        ("huge.csv", "is not valid CSV/TSV"),
+        ("huge.csv", "the label is 200,000 characters long"),
         ("latin1.csv", "is not UTF-8"),
         ("broken.csv.gz", "cannot be read"),
         ("urls.xlsx", "unknown list format"),

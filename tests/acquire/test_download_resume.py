@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from imgclf.commands.download import main
 from tests.acquire import sample_images as images
@@ -60,11 +63,11 @@ def reference(url_list, tmp_path_factory) -> Path:
 
 
 def snapshot(out: Path) -> dict[str, bytes]:
-    """Every file under `out` except the run statistics (they hold timings), by relative path."""
+    """Every file under `out` but the run statistics and the lock (timings, pid), by path."""
     return {
         path.relative_to(out).as_posix(): path.read_bytes()
         for path in sorted(out.rglob("*"))
-        if path.is_file() and path.name != "download_stats.json"
+        if path.is_file() and path.name not in ("download_stats.json", ".download.lock")
     }
 
 
@@ -75,7 +78,7 @@ def start(url_list: Path, out: Path) -> subprocess.Popen:
 
 def wait_for_rows(out: Path, rows: int, process: subprocess.Popen) -> None:
     """Block until the manifest holds at least `rows` data rows (the run is mid-way)."""
-    manifest = out / "manifest.csv"
+    manifest = out / ".manifest.partial.csv"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if manifest.exists() and manifest.read_bytes().count(b"\n") > rows:
@@ -102,7 +105,7 @@ def test_resume_after_two_sigkills_gives_exactly_the_uninterrupted_result(
         assert process.returncode == -signal.SIGKILL
     assert main(["--urls", str(url_list), "--out", str(out), *SLOW]) == 0
     assert snapshot(out) == snapshot(reference)
-    leftovers = [p.name for p in out.rglob(".*")]
+    leftovers = [p.name for p in out.rglob(".*") if p.name != ".download.lock"]
     assert leftovers == [], "temporary files or the previous manifest remain"
 
 
@@ -200,15 +203,54 @@ def test_ctrl_c_during_a_rerun_keeps_every_earlier_row(url_list, reference, tmp_
     for image in out.glob("*/*.jpg"):
         image.unlink()  # the rerun must fetch every image again: slow enough to interrupt
     process = start(url_list, out)
-    while not (out / ".manifest.previous.csv").exists():  # the run has set the old rows aside
-        assert process.poll() is None
-        time.sleep(0.005)
     wait_for_rows(out, 20, process)
+    # The previous manifest stays whole until the new one replaces it.
+    assert (out / "manifest.csv").read_bytes() == (reference / "manifest.csv").read_bytes()
     process.send_signal(signal.SIGINT)
     process.communicate(timeout=60)
     assert process.returncode == 130
     # Rows not reached yet come from the earlier run's manifest: nothing is forgotten.
     assert read_rows(out) == read_rows(reference)
-    assert not (out / ".manifest.previous.csv").exists()
+    assert not (out / ".manifest.partial.csv").exists()
     assert main(["--urls", str(url_list), "--out", str(out), *SLOW]) == 0
     assert snapshot(out) == snapshot(reference)
+
+
+def test_a_second_run_into_the_same_folder_exits_2_naming_the_first(tmp_path):
+    release = threading.Event()
+
+    async def held(request):
+        while not release.is_set():  # the first run stays busy until the test is done with it
+            await asyncio.sleep(0.01)
+        return web.Response(body=images.jpeg(seed=300), content_type="image/jpeg")
+
+    routes = {"/hold.jpg": held, "/ok.jpg": respond(images.jpeg(seed=301))}
+    out = tmp_path / "out"
+    with LoopbackServer(routes) as server:
+        urls = write_list(tmp_path / "urls.csv", [(server.url("/ok.jpg"), "a"),
+                                                  (server.url("/hold.jpg"), "b")])  # fmt: skip
+        first = start(urls, out)
+        try:
+            while server.hits["/hold.jpg"] == 0:
+                assert first.poll() is None, first.communicate()
+                time.sleep(0.01)
+            second = subprocess.run(
+                [sys.executable, str(SCRIPT), "--urls", str(urls), "--out", str(out), *SLOW],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert second.returncode == 2, second.stderr
+            message = second.stderr.strip()
+            assert message.count("\n") == 0 and f"pid {first.pid} " in message
+            assert "in use by another download" in message
+            # A lock left by a killed run is stale: the kernel released it with the process.
+            first.send_signal(signal.SIGKILL)
+            first.wait()
+        finally:
+            release.set()
+            first.kill()
+            first.communicate()
+        assert main(["--urls", str(urls), "--out", str(out), *SLOW]) == 0
+    assert [row["status"] for row in read_rows(out)] == ["ok", "ok"]

@@ -47,6 +47,7 @@ def test_predict_files_folders_and_urls(cli, fitted_weights, tiny_root, tmp_path
                 "--json",
                 "--workers",
                 "0",
+                "--allow-private-urls",  # the test server is on loopback
             ]
         )
         assert server.hits["/square.jpg"] == 1
@@ -58,7 +59,7 @@ def test_predict_files_folders_and_urls(cli, fitted_weights, tiny_root, tmp_path
     assert results[0]["top"][0]["class"] == "circle"
     assert results[1]["error"].startswith("broken image")
     assert results[2]["top"][0]["class"] == "square"
-    assert results[3]["error"] == "HTTP 404 Not Found"
+    assert results[3]["error"] == "HTTP 404"
     assert results[4]["error"].startswith("unreachable")
     assert results[5]["error"] == "not an image (no image format recognised)"
     assert results[6]["error"] == "no such file, folder or http(s) URL"

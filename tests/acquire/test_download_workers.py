@@ -1,0 +1,87 @@
+"""A validation worker that dies (OOM killer, decoder crash) never hangs the downloader."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
+
+import psutil
+from aiohttp import web
+
+from imgclf.acquire.batching import WORKER_CRASHED, BatchedValidator, WorkerPool
+from imgclf.acquire.pipeline import _start_workers
+from imgclf.acquire.validator import ValidationOptions
+from tests.acquire import sample_images as images
+from tests.acquire.crashing import POISON, validate_or_die
+from tests.acquire.faults import read_rows, write_list
+from tests.support.loopback import LoopbackServer, respond
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "utils" / "download_data.py"
+
+
+def test_an_input_that_kills_its_worker_twice_gets_a_reason_and_its_neighbours_pass(tmp_path):
+    good = [images.jpeg(seed=60 + index) for index in range(3)]
+    batch = [good[0], POISON, good[1], good[2]]
+
+    async def run():
+        workers = WorkerPool(partial(_start_workers, 2))
+        isolation = WorkerPool(partial(_start_workers, 1))
+        validator = BatchedValidator(workers, isolation, run_batch=validate_or_die)
+        try:
+            futures = [
+                validator.validate(data, str(tmp_path), f"k{index}", ValidationOptions())
+                for index, data in enumerate(batch)
+            ]
+            verdicts = await asyncio.wait_for(asyncio.gather(*futures), 120)
+            # The pool works again afterwards.
+            later = await validator.validate(good[0], str(tmp_path), "k9", ValidationOptions())
+            return verdicts, later, workers.restarts, isolation.restarts
+        finally:
+            workers.shutdown()
+            isolation.shutdown()
+
+    verdicts, later, restarts, isolated_restarts = asyncio.run(run())
+    assert [verdict.reason for verdict in verdicts] == ["", WORKER_CRASHED, "", ""]
+    assert later.reason == "" and restarts == 1 and isolated_restarts == 1
+
+
+def test_a_download_whose_workers_are_killed_completes(tmp_path):
+    killed: list[int] = []
+    process: list[subprocess.Popen] = []
+
+    async def kill_workers(request: web.Request) -> web.Response:
+        # The downloader's validation workers are its child processes: SIGKILL them all, the
+        # way the OOM killer would, before this image is even sent.
+        for child in psutil.Process(process[0].pid).children(recursive=True):
+            os.kill(child.pid, signal.SIGKILL)
+            killed.append(child.pid)
+        return web.Response(body=images.jpeg(seed=79), content_type="image/jpeg")
+
+    routes = {f"/img/{index}.jpg": respond(images.jpeg(seed=80 + index)) for index in range(30)}
+    routes["/kill.jpg"] = kill_workers
+    with LoopbackServer(routes) as server:
+        rows = [(server.url(f"/img/{index}.jpg"), "a") for index in range(15)]
+        rows.append((server.url("/kill.jpg"), "a"))
+        rows += [(server.url(f"/img/{index}.jpg"), "b") for index in range(15, 30)]
+        urls = write_list(tmp_path / "urls.csv", rows)
+        out = tmp_path / "out"
+        command = [sys.executable, str(SCRIPT), "--urls", str(urls), "--out", str(out),
+                   "--quiet", "--workers", "2", "--concurrency", "2"]  # fmt: skip
+        process.append(subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE))  # fmt: skip
+        try:
+            _stdout, stderr = process[0].communicate(timeout=120)
+        finally:
+            process[0].kill()
+    assert process[0].returncode == 0, stderr.decode()
+    assert killed, "the workers were not found"
+    assert [row["status"] for row in read_rows(out)] == ["ok"] * 31
+    stats = json.loads((out / "download_stats.json").read_text())
+    assert stats["worker_restarts"] >= 1
