@@ -36,6 +36,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
@@ -73,6 +74,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--archs", nargs="+", default=list(ARCHITECTURES), choices=ARCHITECTURES)
     parser.add_argument("--sizes", nargs="+", type=int, default=[96, 224], help="img_size")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=ROOT / "configs" / "config.yaml",
+        help="training config whose data.augment the cached pipeline and the folder loop use",
+    )
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers")
     parser.add_argument("--batches", type=int, default=4, help="timed batches per epoch")
     parser.add_argument("--rounds", type=int, default=3, help="repeats; medians are reported")
@@ -164,7 +171,8 @@ def pipeline(trainer: Trainer, args: argparse.Namespace, size: int) -> tuple[flo
 def train_batches(data: PreparedData, args: argparse.Namespace, size: int, workers: int):
     """(train loader, transform for the training loop) as ImageClassifierRunner sets them up:
     TrainPreset in the DataLoader workers when there are any, else on the training device."""
-    in_loaders, in_training = place_transforms(workers, {"train": TrainPreset(img_size=size)})
+    preset = TrainPreset(img_size=size, **config_augment(args.config))
+    in_loaders, in_training = place_transforms(workers, {"train": preset})
     loaders = build_loaders(
         data,
         batch_size=args.batch_size,
@@ -174,14 +182,29 @@ def train_batches(data: PreparedData, args: argparse.Namespace, size: int, worke
     return loaders["train"], in_training.get("train")
 
 
-def usual_transform(size: int) -> v2.Compose:
-    """The per-image train transform most people write: the same steps as TrainPreset."""
+def config_augment(config: Path) -> dict:
+    """The `data.augment` block of a training config: what a default run augments with."""
+    augment = dict(
+        (yaml.safe_load(config.read_text(encoding="utf-8")).get("data") or {}).get("augment") or {}
+    )
+    if "scale" in augment:
+        augment["scale"] = tuple(augment["scale"])
+    return augment
+
+
+def usual_transform(size: int, config: Path) -> v2.Compose:
+    """The per-image train transform most people write: the same steps as TrainPreset with
+    the config's augmentation (torchvision's TrivialAugmentWide for `policy: trivial`)."""
+    augment = {**TrainPreset(img_size=size).__dict__, **config_augment(config)}
+    jitter = augment["color_jitter"]
+    policy = [v2.TrivialAugmentWide()] if augment.get("policy") == "trivial" else []
     return v2.Compose(
         [
             v2.PILToTensor(),
-            v2.RandomResizedCrop(size, scale=(0.25, 1.0), antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
+            v2.RandomResizedCrop(size, scale=augment["scale"], antialias=True),
+            v2.RandomHorizontalFlip(augment["hflip_prob"]),
+            *policy,
+            v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter),
             v2.ToDtype(torch.float32, scale=True),
             v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
         ]
@@ -189,7 +212,7 @@ def usual_transform(size: int) -> v2.Compose:
 
 
 def imagefolder(trainer: Trainer, args: argparse.Namespace, size: int) -> float:
-    dataset = ImageFolder(str(args.data), transform=usual_transform(size))
+    dataset = ImageFolder(str(args.data), transform=usual_transform(size, args.config))
     loader = DataLoader(
         dataset,
         batch_size=args.batch_size,

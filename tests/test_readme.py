@@ -126,6 +126,12 @@ COVERAGE: dict[str, str] = {
     "python utils/inference.py --backend onnxruntime": (
         EVALUATION_TEST + "test_every_backend_gives_the_same_report"
     ),
+    "python utils/inference.py --tta": (
+        EVALUATION_TEST + "test_report_with_tta_averages_each_photo_with_its_mirror"
+    ),
+    # how the model quality table in docs/benchmarks.md was produced
+    "flock /tmp/imgclf-cpu.lock .venv/bin/python benchmarks/quality.py --setting low": ("record"),
+    "flock /tmp/imgclf-cpu.lock .venv/bin/python benchmarks/quality.py --setting full": ("record"),
     # how the inference benchmark table in docs/benchmarks.md was produced
     "flock /tmp/imgclf-cpu.lock .venv/bin/python benchmarks/inference.py": "record",
     # README.md, docs/development.md (make demo) and docs/docker.md

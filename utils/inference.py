@@ -7,7 +7,8 @@ Classify image files, folders and http(s) URLs:
     python utils/inference.py --predict PATH [PATH ...] [--topk 5] [--json]
 Export next to the weights (class names and preprocessing embedded):
     python utils/inference.py --export onnx|torchscript [--weights ...]
-Any of them with --backend torch|torchscript|onnxruntime.
+Any of them with --backend torch|torchscript|onnxruntime; report and --predict also with --tta
+(test-time augmentation: each image's probabilities averaged with its horizontal mirror's).
 
 Exit codes: 0 done, 1 some images failed (listed), 2 bad argument or input file, 130 interrupted.
 """

@@ -62,6 +62,12 @@ def parse_args(
         help="inference engine (default: torch for a .pth, else the exported file's own)",
     )
     add(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: average each image's probabilities with its mirror's "
+        "(report and --predict; twice the model calls)",
+    )
+    add(
         "--data",
         metavar="DIR",
         help="report on this folder (<label>/ folders or manifest.csv) instead of the split "
@@ -167,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
             topk=args.topk,
             batch_size=args.batch_size,
             workers=args.workers,
+            tta=args.tta,
             block_private=not args.allow_private_urls,
         )
         text = json.dumps(result.payload, indent=2)
@@ -183,6 +190,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         resamples=args.bootstrap,
         seed=args.seed,
+        tta=args.tta,
     )
     print(result.text)
     for error in result.errors:

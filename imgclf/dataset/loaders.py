@@ -9,7 +9,7 @@ import os
 from collections import Counter, OrderedDict
 
 import torch
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
 
 from imgclf.dataset.prepared import PreparedData
 
@@ -23,6 +23,7 @@ def build_loaders(
     eval_transform=None,
     balanced: bool = False,
     seed: int = 42,
+    min_epoch_images: int = 0,
 ) -> OrderedDict[str, DataLoader]:
     """{"train", "valid"} loaders of (images, targets) batches over the cached images.
 
@@ -31,6 +32,9 @@ def build_loaders(
     cache's side), for a transform on the training device (what training does).
     balanced: draw training images with probability 1 / (count of their class), so every class
     is seen equally often per epoch (the epoch length stays the number of training images).
+    min_epoch_images: a training epoch draws at least this many images: a small training part
+    is gone through several times per epoch (each pass in a new order), so that an epoch is
+    enough optimizer steps to be worth its fixed cost (validation, checkpoints).
     The seed fixes the shuffle / sampling order and, through it, each worker's augmentation
     (a transform in the training process draws from the global torch RNG, which Catalyst
     seeds).
@@ -39,10 +43,13 @@ def build_loaders(
     valid = data.dataset("valid", eval_transform)
     generator = torch.Generator().manual_seed(seed)
     sampler = None
+    epoch_images = max(len(train), min_epoch_images)
     if balanced:
         counts = Counter(train.targets)
         weights = torch.tensor([1.0 / counts[target] for target in train.targets])
-        sampler = WeightedRandomSampler(weights, len(weights), generator=generator)
+        sampler = WeightedRandomSampler(weights, epoch_images, generator=generator)
+    elif epoch_images > len(train):
+        sampler = RandomSampler(train, num_samples=epoch_images, generator=generator)
     common = {
         "batch_size": batch_size,
         "num_workers": num_workers,
@@ -60,7 +67,7 @@ def build_loaders(
             sampler=sampler,
             generator=generator,
             # A last batch of one image breaks BatchNorm in training mode; drop the remainder.
-            drop_last=len(train) > batch_size,
+            drop_last=epoch_images > batch_size,
             **common,
         ),
         valid=DataLoader(valid, shuffle=False, **common),

@@ -13,6 +13,11 @@ import math
 import torch
 from torchvision.transforms.v2 import functional as F
 
+from imgclf.dataset.augment import PolicyDraws, TrivialPolicy
+
+# data.augment.policy values: no extra operation, or one TrivialAugment-style one per image.
+POLICIES = ("none", "trivial")
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # The usual 224 → 256 ratio between the centre crop and the resize before it.
@@ -44,6 +49,9 @@ class TrainPreset:
       and the normalisation into one 3x3 colour matrix per image, applied in one pass and
       clamped once at the end (v2 clamps after each jitter);
     - the three jitters run in one random order per batch, not per image.
+    With `policy="trivial"`, every image also gets one TrivialAugment-style operation
+    (`imgclf.dataset.augment`): geometric ones folded into the same sampling grid, colour and
+    pixel ones on the sampled crop before the jitter; `policy_magnitude` scales their ranges.
     Random draws come from torch's global CPU RNG, as with the v2 classes, so Catalyst's seed
     (and DataLoader worker seeding, where it runs in workers) applies, on any device.
     """
@@ -64,10 +72,15 @@ class TrainPreset:
         scale: tuple[float, float] = (0.25, 1.0),
         hflip_prob: float = 0.5,
         color_jitter: float = 0.2,
+        policy: str = "none",
+        policy_magnitude: float = 1.0,
         mean: tuple[float, ...] = IMAGENET_MEAN,
         std: tuple[float, ...] = IMAGENET_STD,
     ) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
         self.img_size = img_size
+        self.policy = TrivialPolicy(policy_magnitude) if policy == "trivial" else None
         self.scale = tuple(scale)
         self.hflip_prob = hflip_prob
         self.color_jitter = color_jitter
@@ -90,6 +103,7 @@ class TrainPreset:
         low, high = max(0.0, 1 - self.color_jitter), 1 + self.color_jitter
         factors = torch.empty(count, 3).uniform_(low, high).to(images.device)
         order = torch.randperm(3).tolist()
+        draws = self.policy.draw(count).to(images.device) if self.policy else None
         size = self.img_size
         out = torch.empty(count, channels, size, size, device=images.device)
         out = out.contiguous(memory_format=torch.channels_last)
@@ -98,21 +112,33 @@ class TrainPreset:
             per_chunk = count  # a GPU wants few, large kernels
         for start in range(0, count, per_chunk):
             part = slice(start, start + per_chunk)
-            out[part] = self._augment(images[part], crops[part], factors[part], order)
+            chunk_draws = draws[part] if draws is not None else None
+            out[part] = self._augment(images[part], crops[part], factors[part], order, chunk_draws)
         return out
 
     def _augment(
-        self, images: torch.Tensor, crops: torch.Tensor, factors: torch.Tensor, order: list[int]
+        self,
+        images: torch.Tensor,
+        crops: torch.Tensor,
+        factors: torch.Tensor,
+        order: list[int],
+        draws: PolicyDraws | None = None,
     ) -> torch.Tensor:
-        """Crop, flip, jitter and normalise a chunk of the batch (NCHW float32 out)."""
+        """Crop, flip, (policy,) jitter and normalise a chunk of the batch (NCHW float32 out)."""
         count, channels = images.shape[:2]
+        if draws is not None and self.policy.has_geometry(draws):
+            grid = self._affine_grid(crops, self.policy.geometry(draws))
+        else:
+            grid = self._grid(crops)
         sampled = torch.nn.functional.grid_sample(
             images.to(torch.float32),
-            self._grid(crops),
+            grid,
             mode="bilinear",
             padding_mode="border",
             align_corners=False,
         )
+        if draws is not None:
+            self.policy.apply_pixels(sampled, draws)
         matrix, offset = self._colour_maps(factors, order, sampled.mean(dim=(2, 3)))
         flat = torch.baddbmm(offset.unsqueeze(-1), matrix, sampled.view(count, channels, -1))
         for channel in range(channels):
@@ -179,6 +205,25 @@ class TrainPreset:
             [x[:, None, :].expand(count, size, size), y[:, :, None].expand(count, size, size)],
             dim=-1,
         )
+
+    def _affine_grid(self, crops: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """The sampling grid of `_grid` with an affine map `theta` (N, 2, 3) applied to the
+        output coordinates first (the policy's rotate, shear, translate), then the crop box.
+        Written as two broadcast multiply-adds per axis: torch's affine_grid took longer than
+        the grid_sample itself (96 px, one thread)."""
+        count, size = len(crops), self.img_size
+        base = self._base.to(crops.device)
+        # box ∘ theta: x_in = x_scale · (θ00 u + θ01 v + θ02) + x_shift, likewise for y.
+        rows = []
+        for axis, (scale, shift) in enumerate(
+            ((crops[:, 0], crops[:, 1]), (crops[:, 2], crops[:, 3]))
+        ):
+            along_u = (scale * theta[:, axis, 0])[:, None] * base  # (N, S) by column
+            along_v = (scale * theta[:, axis, 1])[:, None] * base + (
+                scale * theta[:, axis, 2] + shift
+            )[:, None]  # (N, S) by row
+            rows.append(along_u[:, None, :] + along_v[:, :, None])
+        return torch.stack(rows, dim=-1).view(count, size, size, 2)
 
     def _colour_maps(
         self, factors: torch.Tensor, order: list[int], channel_means: torch.Tensor

@@ -145,6 +145,7 @@ def evaluate(
     workers: int | None = None,
     resamples: int = 1000,
     seed: int = 0,
+    tta: bool = False,
 ) -> EvaluationResult:
     """Evaluate `weights` and write metrics.json, predictions.csv and the pictures.
 
@@ -164,7 +165,7 @@ def evaluate(
     )
     # Check the classes before loading an engine (which may mean exporting in memory).
     y_all = _label_indices(held_out, stored.classes, weights)
-    predictor = load_predictor(stored, backend)
+    predictor = load_predictor(stored, backend, tta=tta)
     items = [
         Item(str(held_out.root / path), label=label)
         for path, label in zip(held_out.paths, y_all, strict=True)
@@ -195,6 +196,7 @@ def evaluate(
         "weights": str(weights),
         "arch": stored.arch,
         "backend": predictor.backend,
+        "tta": predictor.tta,
         "data": held_out.description,
         "data_root": str(held_out.root),
         "images": len(items),

@@ -38,12 +38,18 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 class Predictor:
-    """Classes and preprocessing from `spec`, logits from `engine`."""
+    """Classes and preprocessing from `spec`, logits from `engine`.
 
-    def __init__(self, spec: ModelSpec, engine: Engine, source: str) -> None:
+    `tta`: test-time augmentation, the class probabilities averaged over each image and its
+    horizontal mirror (two engine calls per batch, on every engine; the training augmentation
+    flips, so the mirror is an image the model has learnt to read).
+    """
+
+    def __init__(self, spec: ModelSpec, engine: Engine, source: str, *, tta: bool = False):
         self.spec = spec
         self.engine = engine
         self.source = source
+        self.tta = tta
         self.preset = EvalPreset(spec.preprocessing)
         self.single_input = SingleImageInput(self.preset)
 
@@ -62,8 +68,13 @@ class Predictor:
             return self.preset(image)
 
     def probabilities(self, batch: torch.Tensor) -> np.ndarray:
-        """Class probabilities (B, K) for a preprocessed batch (B, 3, H, W)."""
-        return softmax(self.engine(batch).astype(np.float64))
+        """Class probabilities (B, K) for a preprocessed batch (B, 3, H, W); with `tta`, the
+        mean of the batch's and its mirror's."""
+        probabilities = softmax(self.engine(batch).astype(np.float64))
+        if self.tta:
+            mirrored = softmax(self.engine(batch.flip(-1).contiguous()).astype(np.float64))
+            probabilities = (probabilities + mirrored) / 2
+        return probabilities
 
     def embed(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Logits (B, K) and the penultimate features (B, D) the head reads, not normalised."""
@@ -121,9 +132,17 @@ def _predictor_from_weights(weights: WeightsFile, backend: str) -> Predictor:
     return Predictor(spec, engine, source)
 
 
-def load_predictor(weights: WeightsFile | str | Path, backend: str | None = None) -> Predictor:
+def load_predictor(
+    weights: WeightsFile | str | Path, backend: str | None = None, *, tta: bool = False
+) -> Predictor:
     """A Predictor for a weights file (loaded or a path) or an exported model; backend None
-    picks the file's own (torch for weights)."""
+    picks the file's own (torch for weights); `tta` averages each image with its mirror."""
+    predictor = _load_predictor(weights, backend)
+    predictor.tta = tta
+    return predictor
+
+
+def _load_predictor(weights: WeightsFile | str | Path, backend: str | None) -> Predictor:
     if isinstance(weights, WeightsFile):
         return _predictor_from_weights(weights, backend or "torch")
     path = Path(weights)

@@ -66,6 +66,7 @@ def _payload(predictor: Predictor, sources: list[str], outcome: Outcome, topk: i
     return {
         "model": predictor.source,
         "backend": predictor.backend,
+        "tta": predictor.tta,
         "batch_size": outcome.batch_size,
         "images": len(sources),
         "failed": len(outcome.errors),
@@ -83,13 +84,15 @@ def predict_paths(
     topk: int = 5,
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int | None = None,
+    tta: bool = False,
     block_private: bool = True,
 ) -> PredictionResult:
     """Classify files, folders (recursively) and URLs; failed items are results with an error.
 
-    `block_private`: URLs may reach only globally routable addresses (the downloader's guard).
+    `tta`: average each image with its mirror. `block_private`: URLs may reach only globally
+    routable addresses (the downloader's guard).
     """
-    predictor = load_predictor(weights, backend)
+    predictor = load_predictor(weights, backend, tta=tta)
     items = expand_inputs(inputs)
     outcome = predict_items(
         predictor,

@@ -5,7 +5,7 @@ stopped in 2022. Everything imgclf needs from it beyond its documented API lives
 future Catalyst fix (or a replacement) touches this file alone:
 
 - `ConfigRunnerBase`: the config runner's underscore attributes (`_config`, `_stage_config`,
-  `_resume`, `_input_key`) as public names;
+  `_resume`, `_input_key`, `_target_key`) as public names;
 - `callback_isinstance`, `original_callback`: from the private `catalyst.core._misc`;
 - `CheckpointWriterCallback`: the `_save_checkpoint` hook of `CheckpointCallback`, and
   `restore_best_score` (its `_use_model_selection`, `best_score`, `top_best_metrics`);
@@ -98,6 +98,11 @@ class ConfigRunnerBase(SupervisedConfigRunner):
     def input_key(self) -> str:
         """The batch key of the model's input (`features`)."""
         return self._input_key
+
+    @property
+    def target_key(self) -> str:
+        """The batch key of the hard class targets (`targets`)."""
+        return self._target_key
 
 
 def callback_isinstance(callback: Any, kind: type) -> bool:

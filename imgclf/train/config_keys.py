@@ -69,8 +69,17 @@ TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", list: "
 AUTORESUME_CHOICES = ("best", "last")
 # SupervisedConfigRunner's keyword arguments, given in `runner:`.
 RUNNER_KEYS = ("_target_", "input_key", "output_key", "target_key", "loss_key")
-# A stage: what Catalyst's config runner reads, plus imgclf's `freeze_backbone`.
-STAGE_KEYS = ("num_epochs", "freeze_backbone", "criterion", "optimizer", "scheduler", "callbacks")
+# A stage: what Catalyst's config runner reads, plus imgclf's `freeze_backbone` and
+# `max_minutes` (the time budget, imgclf.train.budget).
+STAGE_KEYS = (
+    "num_epochs",
+    "freeze_backbone",
+    "max_minutes",
+    "criterion",
+    "optimizer",
+    "scheduler",
+    "callbacks",
+)
 BLOCK_KEYS = {
     "data": tuple(field.name for field in fields(DataSettings)),
     "model": tuple(field.name for field in fields(ModelSettings)),

@@ -25,6 +25,7 @@ from imgclf.model.preprocessing import Preprocessing
 from imgclf.model.weights import WeightsFile, save_weights
 from imgclf.train.callbacks import read_history
 from imgclf.train.resume import BEST, CHECKPOINTS, load_checkpoint
+from imgclf.train.selection import describe, selected_path
 
 SPLIT_FILE = "split.json"
 # The merged config of the run, as `catalyst-dl run` dumps it into the logdir.
@@ -40,8 +41,10 @@ EXPORTED_METRICS = {
 
 
 def best_checkpoint_path(logdir: str | Path) -> Path:
-    """The model-only checkpoint Catalyst kept as best of the last stage (by valid macro-F1)."""
-    return Path(logdir) / CHECKPOINTS / BEST
+    """The checkpoint to export: the one `SelectionCallback` chose (`selected.pth`) when the
+    run has one, else the one Catalyst kept as best of the last stage (by valid macro-F1)."""
+    selected = selected_path(logdir)
+    return selected if selected.is_file() else Path(logdir) / CHECKPOINTS / BEST
 
 
 def _run_file(logdir: str | Path, name: str | Path) -> dict[str, Any]:
@@ -80,6 +83,15 @@ def write_weights_file(
     valid = checkpoint.get("epoch_metrics", {}).get("valid", {})
     metrics = {name: valid[key] for key, name in EXPORTED_METRICS.items() if key in valid}
     metrics["epoch"] = checkpoint.get("global_epoch_step")
+    # selected.pth says its rule; Catalyst's best.pth is the single best epoch; a checkpoint
+    # passed by hand (reexport) was chosen by whoever passed it.
+    if "selection" in checkpoint:
+        metrics["selection"] = describe(checkpoint["selection"])
+    elif checkpoint_path is None:
+        metrics["selection"] = describe({"rule": "f1"})
+    else:
+        metrics["selection"] = f"chosen by hand: {Path(checkpoint_path).name}"
+    metrics["selection"] = describe(checkpoint["selection"])
     weights = WeightsFile(
         arch=arch,
         classes=info["classes"],
@@ -130,9 +142,10 @@ def plot_history(logdir: str | Path, path: str | Path, weights: WeightsFile) -> 
         axis.grid(alpha=0.3)
         axis.legend()
     if "f1_macro" in weights.metrics:
+        rule = weights.metrics.get("selection")
         figure.suptitle(
             f"exported: epoch {weights.metrics.get('epoch')}, "
-            f"valid macro-F1 {weights.metrics['f1_macro']:.4f}"
+            f"valid macro-F1 {weights.metrics['f1_macro']:.4f}" + (f" ({rule})" if rule else "")
         )
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
@@ -151,6 +164,7 @@ def summary_table(logdir: str | Path, weights: WeightsFile, seconds: float) -> s
         ("classes", str(len(weights.classes))),
         ("epochs run", str(len(rows))),
         ("best epoch", str(metrics.get("epoch"))),
+        ("exported by", str(metrics.get("selection", "best valid macro-F1"))),
         ("valid macro-F1", f"{metrics.get('f1_macro', float('nan')):.4f}"),
         ("valid accuracy", f"{metrics.get('accuracy', float('nan')):.4f}"),
         ("training time", f"{seconds:.0f} s"),

@@ -41,6 +41,7 @@ from imgclf.fileio import atomic_write_json
 from imgclf.model.factory import build_model, freeze_backbone, set_batchnorm_momentum
 from imgclf.model.preprocessing import EvalPreset, Preprocessing
 from imgclf.train import resume
+from imgclf.train.budget import TimeBudgetCallback
 from imgclf.train.callbacks import HistoryCallback, ThroughputCallback
 from imgclf.train.catalyst_compat import ConfigRunnerBase, callback_isinstance
 from imgclf.train.config_keys import (
@@ -49,7 +50,9 @@ from imgclf.train.config_keys import (
     seed_given_on_command_line,
 )
 from imgclf.train.export import SPLIT_FILE, plot_history, summary_table, write_weights_file
+from imgclf.train.mixing import LOSS_TARGETS, BatchMixer, MixSettings
 from imgclf.train.preflight import check_output_folders
+from imgclf.train.progressive import ProgressiveResize
 from imgclf.train.settings import (
     DataSettings,
     ExportSettings,
@@ -122,6 +125,8 @@ class ImageClassifierRunner(ConfigRunnerBase):
                 picture=self.export_settings.picture,
                 cache_dir=self.data_settings.cache_dir,
             )
+            self.mix_settings = MixSettings.from_config(self.config)
+            self.progressive = ProgressiveResize.from_config(self.config)
             self._data = self._prepare_data(progress=True)
             if not self._data.parts["valid"]:
                 raise InputError(
@@ -130,6 +135,11 @@ class ImageClassifierRunner(ConfigRunnerBase):
                     "least two per class."
                 )
             self._write_run_info()
+            self._mixer = (
+                BatchMixer(self.mix_settings, len(self._data.classes))
+                if self.mix_settings.enabled
+                else None
+            )
             # Built here, in the parent process, so a bad arch or pretrained file stops the run
             # before any work, and every distributed worker starts from the same weights.
             self.model = self._build_model()
@@ -253,6 +263,7 @@ class ImageClassifierRunner(ConfigRunnerBase):
             eval_transform=in_loaders.get("valid"),
             balanced=settings.balanced,
             seed=self.seed,
+            min_epoch_images=settings.min_epoch_images,
         )
 
     def get_model(self, stage: str) -> torch.nn.Module:
@@ -293,18 +304,31 @@ class ImageClassifierRunner(ConfigRunnerBase):
             callbacks["_throughput"] = ThroughputCallback()
         if not present(HistoryCallback):
             callbacks["_history"] = HistoryCallback(self.run_dir)
+        max_minutes = get_by_keys(self.stage_configs, stage, "max_minutes", default=None)
+        if max_minutes is not None and not present(TimeBudgetCallback):
+            callbacks["_time_budget"] = TimeBudgetCallback(max_minutes)
         return callbacks
 
     # ------------------------------------------------------------------------ events
 
     def handle_batch(self, batch):
         """Augment (train) or centre-crop (valid) a uint8 batch on the training device when
-        the loader left that to us, then the forward pass; images channels-last when the
-        model is."""
+        the loader left that to us; in training, the progressive size and mixup / CutMix
+        (soft targets under `loss_targets`, hard ones stay under `targets` for the metrics);
+        then the forward pass; images channels-last when the model is."""
         features = batch[self.input_key]
         transform = self._batch_transforms.get(self.loader_key)
         if transform is not None:
             features = transform(features)
+        batch[LOSS_TARGETS] = batch[self.target_key]
+        if self.is_train_loader:
+            if self.progressive.enabled:
+                side = self.progressive.size(
+                    self.data_settings.img_size, self.stage_epoch_step, self.stage_epoch_len
+                )
+                features = self.progressive.resize(features, side)
+            if self._mixer is not None:
+                features, batch[LOSS_TARGETS] = self._mixer(features, batch[self.target_key])
         if self.model_settings.channels_last:
             features = features.contiguous(memory_format=torch.channels_last)
         batch[self.input_key] = features

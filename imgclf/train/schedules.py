@@ -27,11 +27,20 @@ class WarmupCosineLR(LambdaLR):
         min_ratio: float = 0.01,
         last_epoch: int = -1,
     ) -> None:
-        self.total_steps = max(1, epochs * steps_per_epoch)
-        self.warmup_steps = min(self.total_steps - 1, round(warmup_epochs * steps_per_epoch))
+        self.steps_per_epoch = steps_per_epoch
+        self.warmup_epochs = warmup_epochs
+        self.fit_to_epochs(epochs)
         self.warmup_start = warmup_start
         self.min_ratio = min_ratio
         super().__init__(optimizer, self.factor, last_epoch=last_epoch)
+
+    def fit_to_epochs(self, epochs: int) -> None:
+        """End the schedule after `epochs` epochs instead (the time budget sets this once it
+        knows how many epochs fit): the cosine is stretched or shrunk from the current step on,
+        the warm-up stays as it is."""
+        self.total_steps = max(1, epochs * self.steps_per_epoch)
+        warmup = round(self.warmup_epochs * self.steps_per_epoch)
+        self.warmup_steps = min(self.total_steps - 1, warmup)
 
     def factor(self, step: int) -> float:
         """Multiplier of the base learning rate after `step` optimizer steps."""

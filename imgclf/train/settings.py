@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imgclf.dataset.presets import POLICIES
 from imgclf.errors import InputError
 from imgclf.model.factory import ARCHITECTURES
 
@@ -100,9 +101,14 @@ class DataSettings:
     num_workers: int | None = None  # None: "auto", see imgclf.dataset.loaders.training_workers
     cache_dir: Path | None = None
     balanced: bool = False
+    min_epoch_images: int = 0
     augment: dict[str, Any] = field(default_factory=dict)
     classes: tuple[str, ...] | None = None  # None: every class of the data root
     exclude_classes: tuple[str, ...] = ()
+    # Read and checked by imgclf.train.mixing.MixSettings and .progressive.ProgressiveResize;
+    # fields here so that every key of `data:` is a field of this class.
+    mixing: dict[str, Any] = field(default_factory=dict)
+    progressive: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> DataSettings:
@@ -113,7 +119,7 @@ class DataSettings:
         augment = block.get("augment") or {}
         if not isinstance(augment, dict):
             raise InputError(f"data.augment must be a mapping, got {augment!r}.")
-        known = ("color_jitter", "hflip_prob", "scale")
+        known = ("color_jitter", "hflip_prob", "policy", "policy_magnitude", "scale")
         unknown = [key for key in augment if key not in known]
         if unknown:
             raise unknown_key_error("data.augment", unknown[0], known)
@@ -124,6 +130,12 @@ class DataSettings:
                     f"data.augment.scale is {scale!r}; give two fractions like [0.35, 1.0]."
                 )
             augment = {**augment, "scale": tuple(scale)}
+        if augment.get("policy", "none") not in POLICIES:
+            raise InputError(
+                f"data.augment.policy is {augment['policy']!r}; use one of {', '.join(POLICIES)}."
+            )
+        if "policy_magnitude" in augment:
+            _number(augment, "data.augment", "policy_magnitude", None, float, 0.0, 1.0)
         cache_dir = block.get("cache_dir")
         classes, exclude = (_names(block, key) for key in ("classes", "exclude_classes"))
         return cls(
@@ -136,9 +148,12 @@ class DataSettings:
             num_workers=_workers(block),
             cache_dir=Path(cache_dir) if cache_dir else None,
             balanced=_flag(block, "data", "balanced", cls.balanced),
+            min_epoch_images=_number(block, "data", "min_epoch_images", 0, int, 0),
             augment=augment,
             classes=classes,
             exclude_classes=exclude or (),
+            mixing=dict(block.get("mixing") or {}),
+            progressive=dict(block.get("progressive") or {}),
         )
 
 
@@ -207,6 +222,8 @@ def check_stages(config: dict[str, Any]) -> None:
         if not isinstance(stage, dict):
             raise InputError(f"stages.{name} must be a mapping, got {stage!r}.")
         _number(stage, f"stages.{name}", "num_epochs", 1, int, 1)
+        if stage.get("max_minutes") is not None:
+            _number(stage, f"stages.{name}", "max_minutes", None, float, 0.01)
         scheduler = stage.get("scheduler") or {}
         if scheduler and not scheduler.get("_target_"):
             raise InputError(f"stages.{name}.scheduler needs a _target_ (a scheduler class path).")

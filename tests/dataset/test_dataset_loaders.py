@@ -138,3 +138,20 @@ def test_workers_run_at_low_priority(tiny_image_folder: Path):
     )
     seen = torch.cat([values for values, _ in loaders["valid"]])
     assert seen.tolist() == [min(19, os.nice(0) + 19)] * len(data.parts["valid"])
+
+
+def test_min_epoch_images_repeats_a_small_train_part_in_new_orders(tiny_image_folder: Path):
+    data = prepare_data(tiny_image_folder, img_size=16, val_fraction=0.25, progress=False)
+    n_train = len(data.parts["train"])  # 27 of the 36 images
+    loaders = build_loaders(data, batch_size=9, num_workers=0, min_epoch_images=100)
+    targets = torch.cat([targets for _, targets in loaders["train"]])
+    # 100 draws, the remainder of the last batch dropped: 11 batches of 9; every image is
+    # drawn 3 or 4 times (3 full passes of 27 in new orders, then 19 more).
+    assert len(loaders["train"]) == 11 and len(targets) == 99
+    counts = Counter(targets.tolist())
+    per_class = Counter(sample.label for sample in data.parts["train"])
+    for index, label in enumerate(data.classes):
+        assert 3 * per_class[label] <= counts[index] <= 4 * per_class[label]
+    # A train part as large as the minimum, or larger, is left as it is.
+    plain = build_loaders(data, batch_size=9, num_workers=0, min_epoch_images=n_train)
+    assert len(plain["train"]) == n_train // 9

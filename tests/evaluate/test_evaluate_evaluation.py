@@ -173,3 +173,18 @@ def test_entry_script_exits_2_without_traceback(tmp_path):
     assert "Traceback" not in result.stderr
     missing = tmp_path / "x.pth"
     assert result.stderr.startswith(f"inference.py: error: Weights file {missing} does not exist")
+
+
+def test_report_with_tta_averages_each_photo_with_its_mirror(cli, fitted_weights, tmp_path):
+    assert cli.main(_report_args(fitted_weights, tmp_path / "plain")) == 0
+    assert cli.main(_report_args(fitted_weights, tmp_path / "tta", "--tta")) == 0
+    plain = json.loads((tmp_path / "plain" / "reports" / "metrics.json").read_text())
+    tta = json.loads((tmp_path / "tta" / "reports" / "metrics.json").read_text())
+    assert (plain["run"]["tta"], tta["run"]["tta"]) == (False, True)
+    rows = {
+        name: list(csv.DictReader((tmp_path / name / "reports" / "predictions.csv").open()))
+        for name in ("plain", "tta")
+    }
+    # Same images in the same order, other probabilities (the mirrors are other inputs).
+    assert [r["path"] for r in rows["plain"]] == [r["path"] for r in rows["tta"]]
+    assert any(a != b for a, b in zip(rows["plain"], rows["tta"], strict=True))

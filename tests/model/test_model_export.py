@@ -172,3 +172,17 @@ def test_a_logits_only_export_still_classifies_and_asks_for_a_new_export(fitted_
     assert np.abs(old.engine(batch) - reference).max() < PARITY
     with pytest.raises(InputError, match=r"no embedding output .* --export torchscript"):
         old.embed(batch)
+
+
+def test_tta_averages_each_image_with_its_mirror_on_every_engine(exported, photos):
+    weights, paths = exported
+    eager = load_predictor(weights, "torch")
+    batch = torch.stack([eager.preprocess(photo) for photo in photos])
+    plain = eager.probabilities(batch)
+    mirrored = eager.probabilities(batch.flip(-1))
+    expected = (plain + mirrored) / 2
+    assert np.abs(plain - mirrored).max() > 1e-3  # the mirror really is another input
+    for source in (weights, paths["onnx"], paths["torchscript"]):
+        predictor = load_predictor(source, tta=True)
+        assert predictor.tta
+        assert np.abs(predictor.probabilities(batch) - expected).max() < PARITY

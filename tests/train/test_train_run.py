@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import socket
 import subprocess
 import sys
@@ -85,10 +86,15 @@ def test_run_leaves_weights_picture_logs_and_table(first_run, images):
     assert len(parts["train"]) + len(parts["valid"]) == 36 and parts["test"] == []
     assert sum(weights.class_counts["train"].values()) == len(parts["train"])
     assert weights.config["model"]["arch"] == ARCH and weights.versions["catalyst"] == "21.12"
-    # The exported tensors are the best checkpoint's.
-    best = torch.load(logdir / "checkpoints" / "best.pth", map_location="cpu")
-    for key, tensor in best["model_state_dict"].items():
+    # The exported tensors are those of the epoch the selection rule chose (the weight
+    # average's, validated in the live model's place), and the file and table name the rule.
+    selected = torch.load(logdir / "checkpoints" / "selected.pth", map_location="cpu")
+    for key, tensor in selected["model_state_dict"].items():
         assert torch.equal(weights.state_dict[key], tensor), key
+    assert selected["selection"]["rule"] == "smoothed_f1" and not selected["selection"]["ema"]
+    rule = "mean valid macro-F1 over 5 epochs"
+    assert weights.metrics["selection"] == rule and f"exported by     {rule}" in result.stdout
+    assert weights.metrics["epoch"] == selected["global_epoch_step"]
 
     # Catalyst's validation metrics agree with sklearn on the same model and images.
     paths = [path for path, _ in parts["valid"]]
@@ -111,6 +117,44 @@ def test_same_seed_gives_the_same_metrics_and_weights(first_run, images, tmp_pat
     again = load_weights(tmp_path / "weights" / f"{ARCH}.pth")
     first = load_weights(workdir / "weights" / f"{ARCH}.pth")
     assert all(torch.equal(again.state_dict[k], v) for k, v in first.state_dict.items())
+
+
+def test_ema_mixing_progressive_sizes_and_a_time_budget_in_one_real_run(images, tmp_path):
+    # Every optional piece of the recipe at once. The budget (10 minutes) is far more than 3
+    # tiny epochs need, so the plan is the configured upper bound whatever the machine's speed
+    # (how the plan shrinks on a slow machine: test_train_quality, with a clock set by hand).
+    overrides = {
+        "data": {
+            "mixing": {"mixup_alpha": 0.4, "cutmix_alpha": 1.0},
+            "progressive": {"start_scale": 0.5, "full_from": 0.5},
+        },
+        "stages": {
+            "train": {
+                "num_epochs": 3,
+                "max_minutes": 10,
+                "callbacks": {"ema": {"enabled": True}},
+            }
+        },
+    }
+    result = train(tmp_path, images, **overrides)
+    assert result.returncode == 0, result.stderr[-3000:]
+    budget = json.loads((tmp_path / "logs" / "checkpoints" / "budget.json").read_text())
+    assert budget["fitted"] == 3 and len(budget["durations"]) == 3
+    assert "-> 3 epochs in stage 'train'" in result.stdout
+    rows = history(tmp_path)
+    assert len(rows) == 3
+    # The cosine ends with the stage: the last epoch ends at the schedule's floor (1% of lr).
+    assert float(rows[-1]["lr"]) == pytest.approx(0.003 * 0.01, rel=1e-3)
+    weights = load_weights(tmp_path / "weights" / f"{ARCH}.pth")
+    assert 1 <= weights.metrics["epoch"] <= 3
+    # The weight average was validated and exported, and saved for a resume.
+    assert weights.metrics["selection"] == "mean valid macro-F1 over 5 epochs, EMA weights"
+    selected = torch.load(tmp_path / "logs" / "checkpoints" / "selected.pth", map_location="cpu")
+    assert all(
+        torch.equal(weights.state_dict[k], v) for k, v in selected["model_state_dict"].items()
+    )
+    ema = torch.load(tmp_path / "logs" / "checkpoints" / "ema_last.pth", map_location="cpu")
+    assert (ema["stage"], ema["stage_epoch"]) == ("train", 3) and ema["updates"] > 0
 
 
 @pytest.mark.slow
