@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import json
 import os
 import socket
@@ -35,7 +36,10 @@ def _close_in_child() -> None:
     _HELD.clear()
 
 
-os.register_at_fork(after_in_child=_close_in_child)
+@functools.cache
+def _close_locks_in_forked_children() -> None:
+    """Register the fork hook once, when a lock is first taken (not as an import side effect)."""
+    os.register_at_fork(after_in_child=_close_in_child)
 
 
 def _holder() -> dict[str, object]:
@@ -74,6 +78,7 @@ def exclusive_output(out: Path) -> Iterator[None]:
                 f"{out} is in use by another download: {describe_holder(path)}; wait for it to "
                 "finish or pass another --out."
             ) from None
+        _close_locks_in_forked_children()
         _HELD.add(fd)
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(_holder()) + "\n").encode("utf-8"), 0)

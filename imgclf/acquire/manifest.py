@@ -30,7 +30,7 @@ from typing import IO
 
 from imgclf.acquire.layout import MANIFEST_NAME, PARTIAL_NAME, STATS_NAME
 from imgclf.acquire.lock import download_running
-from imgclf.acquire.reader import CSV_FIELD_LIMIT, UrlRow
+from imgclf.acquire.reader import UrlRow, long_field_csv_reader
 from imgclf.errors import InputError
 from imgclf.fileio import atomic_write
 
@@ -52,8 +52,6 @@ COLUMNS = (
 LEGACY_PREVIOUS_NAME = ".manifest.previous.csv"
 UNFINISHED_NAMES = (PARTIAL_NAME, LEGACY_PREVIOUS_NAME)
 _INT_COLUMNS = ("width", "height", "bytes", "attempts")
-
-csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
 
 
 @dataclass
@@ -130,8 +128,8 @@ class _Records:
         first = next(self.lines, None)
         # A spreadsheet set to another locale re-saves with `;` (or tabs) between the cells.
         delimiter = "," if first is None or "," in first else _delimiter_of(first)
-        self.reader = csv.reader(self.lines, delimiter=delimiter)
-        header = None if first is None else next(csv.reader([first], delimiter=delimiter), [])
+        self.reader = long_field_csv_reader(self.lines, delimiter)
+        header = None if first is None else next(long_field_csv_reader([first], delimiter), [])
         self.delimiter = delimiter
         self.columns = [name.strip() for name in header or []]
         missing = [name for name in COLUMNS if name in required and name not in self.columns]
@@ -258,7 +256,7 @@ class ManifestIndex:
 
     def _row_at(self, offset: int) -> ManifestRow:
         self._handle.seek(offset)
-        cells = next(csv.reader(_Lines(self._handle, self.path), delimiter=self._delimiter))
+        cells = next(long_field_csv_reader(_Lines(self._handle, self.path), self._delimiter))
         return ManifestRow.from_record(dict(zip(self._columns, cells, strict=False)))
 
     def close(self) -> None:

@@ -40,7 +40,6 @@ MAX_SPLIT_LENGTH = 100
 _SHOWN_URL_PREFIX = 200
 # Fields up to this size are read (csv's default 128 KiB would stop at one long URL).
 CSV_FIELD_LIMIT = 16 * 1024 * 1024
-csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
 URL_TOO_LONG = "url_too_long"
 
 
@@ -188,8 +187,18 @@ def _iter_file(path: Path) -> Iterator[tuple[str, str, str, int]]:
             raise InputError(f"{path}: cannot be read ({error}); check the file.") from None
 
 
+def long_field_csv_reader(lines: Iterable[str], delimiter: str) -> Iterator[list[str]]:
+    """`csv.reader` over `lines` that reads fields up to CSV_FIELD_LIMIT characters.
+
+    The limit is process-wide in the csv module, so it is raised here, where the downloader's
+    own tables are read, rather than as a side effect of importing this module.
+    """
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
+    return csv.reader(lines, delimiter=delimiter)
+
+
 def _iter_table(path: Path, handle: io.TextIOBase, delimiter: str):
-    reader = csv.reader(handle, delimiter=delimiter)
+    reader = long_field_csv_reader(handle, delimiter)
     header = next(reader, None)
     if header is None:
         raise InputError(f"{path}:1: empty file; expected a header with url and label.")
