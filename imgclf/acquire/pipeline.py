@@ -288,7 +288,11 @@ class _Run:
             async with Fetcher(self.options.fetch) as fetcher:
                 self.fetcher = fetcher
                 producer = asyncio.create_task(self._produce())
-                await self._commit_in_order()
+                try:
+                    await self._commit_in_order()
+                except BaseException:
+                    await self._abandon(producer)
+                    raise
                 if self.stopping:
                     producer.cancel()
                     await self._drop_unfinished()
@@ -486,6 +490,14 @@ class _Run:
                 path.unlink(missing_ok=True)
             elif path.exists():
                 self.stats.unowned.append(relative)
+
+    async def _abandon(self, producer: asyncio.Task[None]) -> None:
+        """The run failed (disk full, ...): stop every task and collect what they raised, so
+        nothing is reported twice as an unretrieved task exception."""
+        tasks = [producer, *(task for _job, task in self.queue)]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _drop_unfinished(self) -> None:
         """After Ctrl-C: cancel what is in flight, keep earlier runs' rows for it and the rest."""
