@@ -34,7 +34,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tqdm import tqdm
 
 from imgclf.acquire.layout import remove_stale_temporaries
-from imgclf.acquire.manifest import recover_previous
+from imgclf.acquire.manifest import recover
 from imgclf.acquire.pipeline import DownloadOptions
 from imgclf.acquire.reader import iter_url_rows, scan_urls
 from imgclf.acquire.reasons import FAILED
@@ -100,7 +100,8 @@ def run_distributed(options: DownloadOptions, ray_options: RayOptions) -> RunSta
         check.on_nodes()
         stats = RunStats(rows_total=summary.rows)
         remove_stale_temporaries(out)
-        previous = recover_previous(out, lambda: iter_url_rows(urls))
+        # The previous manifest stays in place; merge_parts replaces it atomically at the end.
+        previous = recover(out, lambda: iter_url_rows(urls))
         shards = cut_shards(
             iter_url_rows(urls), ray_options.shard_size, out, previous, options.retry_failed
         )
@@ -112,7 +113,7 @@ def run_distributed(options: DownloadOptions, ray_options: RayOptions) -> RunSta
         merge_parts(out, count, stats)
         stats.finished = time.time()
         save_stats(out, stats)
-        finish(out, summary.folders.values(), previous)
+        finish(out, summary.folders.values(), None)
         return stats
     finally:
         if started:

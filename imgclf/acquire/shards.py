@@ -39,7 +39,7 @@ from typing import IO, Any
 from imgclf.acquire.layout import MANIFEST_NAME, STATS_NAME, remove_stale_temporaries
 from imgclf.acquire.manifest import (
     COLUMNS,
-    ManifestCursor,
+    ManifestIndex,
     ManifestRow,
     ManifestWriter,
     TextSink,
@@ -110,7 +110,7 @@ def cut_shards(
     unless `retry_failed` and it has failed rows. Old rows from `previous` (the manifest of
     earlier runs) seed shards that have no state of their own.
     """
-    cursor = ManifestCursor(read_manifest(previous)) if previous is not None else None
+    cursor = ManifestIndex(previous) if previous is not None else None
     chunk: list[UrlRow] = []
     index = 0
     for row in rows:
@@ -126,7 +126,7 @@ def _prepare(
     out: Path,
     index: int,
     chunk: list[UrlRow],
-    cursor: ManifestCursor | None,
+    cursor: ManifestIndex | None,
     retry_failed: bool,
 ) -> Shard:
     old_rows = [old for old in (cursor.take(row) for row in chunk) if old] if cursor else []
@@ -222,7 +222,7 @@ def merge_parts(out: Path, shards: int, stats: RunStats) -> RunStats:
             writer = csv.writer(TextSink(handle), lineterminator="\n")
             writer.writerow(COLUMNS)
             for index in range(shards):
-                for row in read_manifest(shard_dir(out, index) / MANIFEST_NAME):
+                for _line, row in read_manifest(shard_dir(out, index) / MANIFEST_NAME):
                     row, converted = _resolve(row, kept, stats, out)
                     merged["converted"] += converted
                     if row.status == OK and row.path in unowned:

@@ -133,7 +133,7 @@ def test_a_killed_worker_is_retried_and_fetches_nothing_it_had_committed(
 ):
     one = reference_of(slow_list, tmp_path / "one", "--concurrency", "2")
     out = tmp_path / "ray"
-    part = out / ".shards" / "000000" / "manifest.csv"
+    part = out / ".shards" / "000000" / ".manifest.partial.csv"  # the running shard's rows
     committed: list[str] = []
     finished = threading.Event()
     killer = threading.Thread(target=_kill_the_writer_of, args=(part, 8, committed, finished))
