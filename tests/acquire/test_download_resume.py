@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from aiohttp import web
 
@@ -171,7 +172,7 @@ def test_an_extended_list_downloads_only_the_new_urls(slow_server, url_list, tmp
 def test_workers_of_a_killed_run_exit_too(url_list, tmp_path):
     process = start(url_list, tmp_path / "out")
     wait_for_rows(tmp_path / "out", 5, process)
-    workers = [int(pid) for pid in _children(process.pid)]
+    workers = _children(process.pid)
     assert workers, "the run has worker processes"
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -184,9 +185,9 @@ def test_workers_of_a_killed_run_exit_too(url_list, tmp_path):
     assert survivors == []
 
 
-def _children(pid: int) -> list[str]:
-    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
-    return found.stdout.split()
+def _children(pid: int) -> list[int]:
+    """The direct child processes of `pid` (psutil: the slim image has no `pgrep`)."""
+    return [child.pid for child in psutil.Process(pid).children()]
 
 
 def _alive(pid: int) -> bool:
