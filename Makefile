@@ -4,13 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.imgclf-installed
 
-.PHONY: setup test test-all lint format demo bench clean help
+.PHONY: setup test test-all test-docker lint format demo bench clean help
 
 help:
 	@echo "make setup     create .venv and install the pinned dependencies (idempotent)"
 	@echo "make demo      run the whole pipeline on the bundled sign-language digits"
 	@echo "make test      lint + the test suite (skips tests marked slow)"
 	@echo "make test-all  lint + every test, slow ones included"
+	@echo "make test-docker  build the Docker image and check it in real containers (docs/docker.md)"
 	@echo "make format    apply ruff's formatting and safe fixes"
 
 setup: $(STAMP)
@@ -33,6 +34,12 @@ test: lint
 
 test-all: lint
 	$(BIN)/python -m pytest
+
+# The image built by docker/build.sh and checked in real containers (tests/docker/test_containers.py),
+# with Docker or podman (tools/podman_setup.sh); not part of test/test-all: it takes 10-25 minutes.
+# Without a container engine its tests skip and say how to get one.
+test-docker: $(STAMP)
+	IMGCLF_CONTAINER_TESTS=1 $(BIN)/python -m pytest tests/docker -rs
 
 # Options for tools/demo.py, e.g. make demo DEMO_ARGS="--per-class 20" (see tools/demo.py --help).
 demo: $(STAMP)

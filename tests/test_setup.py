@@ -100,3 +100,36 @@ def test_catalyst_dl_run_with_a_list_config_exits_2_without_traceback(patched_ca
     assert result.stderr == (
         f"catalyst-dl run: error: config file {listed} holds a list, not a mapping of keys.\n"
     )
+
+
+# Records each call of tools/install.sh's "python" as one line of arguments.
+RECORDING_PYTHON = """#!/bin/sh
+echo "$*" >> "$RECORD"
+"""
+
+
+def install_calls(folder: Path, torch_index_url: str | None) -> list[str]:
+    """The commands tools/install.sh runs, with a stand-in python that only records them."""
+    folder.mkdir()
+    python = folder / "python"
+    python.write_text(RECORDING_PYTHON)
+    python.chmod(0o755)
+    record = folder / "calls.txt"
+    environment = {name: value for name, value in os.environ.items() if name != "TORCH_INDEX_URL"}
+    environment["RECORD"] = str(record)
+    if torch_index_url:
+        environment["TORCH_INDEX_URL"] = torch_index_url
+    subprocess.run([str(ROOT / "tools" / "install.sh"), str(python)], env=environment, check=True)
+    return record.read_text().splitlines()
+
+
+def test_install_takes_torch_from_torch_index_url_first_and_keeps_the_pins(tmp_path):
+    index = "http://127.0.0.1:9/whl/cpu"
+    calls = install_calls(tmp_path / "cpu", index)
+    torch_at = next(n for n, call in enumerate(calls) if f"--index-url {index}" in call)
+    assert calls[torch_at].endswith("--no-deps -c constraints.txt torch torchvision")
+    requirements_at = next(n for n, call in enumerate(calls) if "-r requirements.txt" in call)
+    assert torch_at < requirements_at  # so the default index's CUDA build is never fetched
+    default = install_calls(tmp_path / "default", None)
+    assert [call for call in default if "--index-url" in call] == []
+    assert len(default) == len(calls) - 1

@@ -46,7 +46,7 @@ def run_script(tmp_path):
             "FAKE_DOCKER_RECORD": str(record),
             **env,
         }
-        for name_to_drop in ("IMGCLF_IMAGE", "IMGCLF_TAG"):
+        for name_to_drop in ("IMGCLF_IMAGE", "IMGCLF_TAG", "IMGCLF_CA_BUNDLE", "IMGCLF_PORT"):
             if name_to_drop not in env:
                 full_env.pop(name_to_drop, None)
         result = subprocess.run(
@@ -84,13 +84,32 @@ def test_build_passes_options_and_takes_the_image_name_from_the_environment(run_
     assert args[-2:] == ["--no-cache", str(ROOT)]
 
 
+def test_build_gives_a_ca_bundle_as_the_build_secret(run_script, tmp_path):
+    bundle = tmp_path / "company-ca.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    result, args = run_script("build.sh", IMGCLF_CA_BUNDLE=str(bundle))
+    assert result.returncode == 0, result.stderr
+    assert args[args.index("--secret") + 1] == f"id=ca_bundle,src={bundle}"
+    result, args = run_script("build.sh", IMGCLF_CA_BUNDLE=str(tmp_path / "missing.pem"))
+    assert result.returncode == 2
+    assert args is None
+    assert "IMGCLF_CA_BUNDLE=" in result.stderr and "is not a file" in result.stderr
+
+
 def test_run_starts_a_throwaway_container_with_the_command(run_script):
-    result, args = run_script("run.sh")
+    result, args = run_script("run.sh", "make", "demo", IMGCLF_TAG="dev")
     assert result.returncode == 0, result.stderr
     # stdin is not a terminal here: --interactive without --tty, so pipes and CI work.
-    assert args == ["run", "--rm", "--interactive", "imgclf:latest"]
-    result, args = run_script("run.sh", "make", "demo", IMGCLF_TAG="dev")
     assert args == ["run", "--rm", "--interactive", "imgclf:dev", "make", "demo"]
+
+
+def test_run_without_a_command_serves_on_the_published_port(run_script):
+    # The image's default command is the HTTP service on the container's port 8000.
+    result, args = run_script("run.sh")
+    assert result.returncode == 0, result.stderr
+    assert args == ["run", "--rm", "--interactive", "--publish", "8000:8000", "imgclf:latest"]
+    result, args = run_script("run.sh", IMGCLF_PORT="127.0.0.1:8080")
+    assert args[args.index("--publish") + 1] == "127.0.0.1:8080:8000"
 
 
 def test_run_passes_dockers_exit_code_on(run_script):
@@ -98,11 +117,27 @@ def test_run_passes_dockers_exit_code_on(run_script):
     assert result.returncode == 3
 
 
+def owner_of(folder: Path) -> str:
+    return f"{folder.stat().st_uid}:{folder.stat().st_gid}"
+
+
 def test_run_volume_mounts_the_projects_data_folder_by_default(run_script):
     result, args = run_script("run_volume.sh")
     assert result.returncode == 0, result.stderr
     volume = f"{ROOT / 'data'}:{CONTAINER_DATA}"
-    assert args == ["run", "--rm", "--interactive", "--volume", volume, "imgclf:latest"]
+    # As the folder's owner (root's data/ included), with the image's group 0 to write the
+    # project; bash, since the image's default command (the service) needs no data folder.
+    user = ["--user", owner_of(ROOT / "data"), "--group-add", "0"]
+    assert args == [
+        "run",
+        "--rm",
+        "--interactive",
+        *user,
+        "--volume",
+        volume,
+        "imgclf:latest",
+        "bash",
+    ]
 
 
 def test_run_volume_resolves_a_relative_folder_and_passes_the_command(run_script):
@@ -113,7 +148,28 @@ def test_run_volume_resolves_a_relative_folder_and_passes_the_command(run_script
     assert result.returncode == 0, result.stderr
     # The command's own options go through untouched.
     volume = f"{data}:{CONTAINER_DATA}"
-    assert args == ["run", "--rm", "--interactive", "--volume", volume, "imgclf:latest", *command]
+    assert args[args.index("--volume") + 1 :] == [volume, "imgclf:latest", *command]
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="giving a folder to another uid needs root")
+def test_run_volume_runs_as_the_folders_owner_whoever_it_is(run_script):
+    data = run_script.cwd / "theirs"
+    data.mkdir()
+    os.chown(data, 4321, 4322)
+    result, args = run_script("run_volume.sh", "theirs", "make", "demo")
+    assert result.returncode == 0, result.stderr
+    assert args[args.index("--user") + 1] == "4321:4322"
+
+
+def test_run_volume_refuses_a_folder_its_owner_cannot_write(run_script):
+    data = run_script.cwd / "read-only"
+    data.mkdir()
+    data.chmod(0o555)
+    result, args = run_script("run_volume.sh", "read-only", "bash")
+    assert result.returncode == 2
+    assert args is None
+    assert result.stderr.count("\n") == 1  # one sentence, no trace
+    assert f"{data} (mode 555) is not writable by its owner; run chmod u+w" in result.stderr
 
 
 def test_run_volume_refuses_a_missing_folder_without_calling_docker(run_script):
