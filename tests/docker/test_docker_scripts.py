@@ -78,10 +78,18 @@ def test_build_uses_the_project_as_context_from_any_directory(run_script):
 
 
 def test_build_passes_options_and_takes_the_image_name_from_the_environment(run_script):
-    result, args = run_script("build.sh", "--no-cache", IMGCLF_IMAGE="reg/imgclf", IMGCLF_TAG="v2")
+    # Build arguments of docker/Dockerfile (docs/docker.md): a mirror, a CPU-only torch index.
+    options = [
+        "--build-arg",
+        "INDEX_URL=https://mirror.example/simple",
+        "--build-arg",
+        "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu",
+        "--no-cache",
+    ]
+    result, args = run_script("build.sh", *options, IMGCLF_IMAGE="reg/imgclf", IMGCLF_TAG="v2")
     assert result.returncode == 0, result.stderr
     assert args[args.index("--tag") + 1] == "reg/imgclf:v2"
-    assert args[-2:] == ["--no-cache", str(ROOT)]
+    assert args[-6:] == [*options, str(ROOT)]
 
 
 def test_build_gives_a_ca_bundle_as_the_build_secret(run_script, tmp_path):
