@@ -13,4 +13,5 @@ if [ $# -eq 0 ]; then
     # The image's default command is the service on the container's port 8000.
     docker_run --publish "${IMGCLF_PORT:-8000}:8000" "$image"
 fi
-docker_run "$image" "$@"
+# The image's HEALTHCHECK asks the service, which a command does not start.
+docker_run --no-healthcheck "$image" "$@"

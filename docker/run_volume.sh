@@ -29,5 +29,6 @@ if (((8#$mode & 8#200) == 0)); then
     exit 2
 fi
 # Group 0 owns the image's project and home folders (group-writable), so any uid can write there.
+# No HEALTHCHECK: it asks the service, which a command does not start.
 docker_run --user "$owner" --group-add 0 --volume "$host_data:$container_project/data" \
-    "$image" "$@"
+    --no-healthcheck "$image" "$@"

@@ -108,7 +108,16 @@ def test_run_starts_a_throwaway_container_with_the_command(run_script):
     result, args = run_script("run.sh", "make", "demo", IMGCLF_TAG="dev")
     assert result.returncode == 0, result.stderr
     # stdin is not a terminal here: --interactive without --tty, so pipes and CI work.
-    assert args == ["run", "--rm", "--interactive", "imgclf:dev", "make", "demo"]
+    # --no-healthcheck: the image's HEALTHCHECK asks the service, which a command does not start.
+    assert args == [
+        "run",
+        "--rm",
+        "--interactive",
+        "--no-healthcheck",
+        "imgclf:dev",
+        "make",
+        "demo",
+    ]
 
 
 def test_run_without_a_command_serves_on_the_published_port(run_script):
@@ -143,6 +152,7 @@ def test_run_volume_mounts_the_projects_data_folder_by_default(run_script):
         *user,
         "--volume",
         volume,
+        "--no-healthcheck",
         "imgclf:latest",
         "bash",
     ]
@@ -156,7 +166,12 @@ def test_run_volume_resolves_a_relative_folder_and_passes_the_command(run_script
     assert result.returncode == 0, result.stderr
     # The command's own options go through untouched.
     volume = f"{data}:{CONTAINER_DATA}"
-    assert args[args.index("--volume") + 1 :] == [volume, "imgclf:latest", *command]
+    assert args[args.index("--volume") + 1 :] == [
+        volume,
+        "--no-healthcheck",
+        "imgclf:latest",
+        *command,
+    ]
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="giving a folder to another uid needs root")
