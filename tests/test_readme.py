@@ -31,6 +31,9 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 DEMO_TEST = "tests/demo/test_demo_pipeline.py::"
 DOCKER_TEST = "tests/docker/test_docker_scripts.py::"
+CONTAINERS_TEST = "tests/docker/test_containers.py::"
+DEMO_IN_CONTAINER = "test_quick_demo_runs_over_a_mounted_folder_with_the_demo_data_copied_in"
+PODMAN_TEST = "tests/docker/test_podman_setup.py::"
 TRAIN_TEST = "tests/train/test_train_run.py::"
 FAULTS_TEST = "tests/acquire/test_download_faults.py::"
 INPUT_TEST = "tests/acquire/test_download_input.py::"
@@ -144,7 +147,7 @@ COVERAGE: dict[str, str] = {
     "catalyst-dl run --config configs/config.yaml configs/demo.yaml": "demo",
     "python utils/inference.py": "demo",
     "docker/build.sh": DOCKER_TEST + "test_build_uses_the_project_as_context_from_any_directory",
-    "docker/run.sh": DOCKER_TEST + "test_run_starts_a_throwaway_container_with_the_command",
+    "docker/run.sh": DOCKER_TEST + "test_run_without_a_command_serves_on_the_published_port",
     "docker/run.sh make demo": (
         DOCKER_TEST + "test_run_starts_a_throwaway_container_with_the_command"
     ),
@@ -198,6 +201,26 @@ COVERAGE: dict[str, str] = {
     "python utils/search.py evaluate --index index/fewshot --data data/demo/sign_language_digits "
     "--out reports/fewshot --pictures reports/fewshot": "record",
     "flock /tmp/imgclf-cpu.lock .venv/bin/python benchmarks/search.py": "record",
+    # docs/docker.md: build arguments, the CA bundle, the demo over a mounted folder, podman
+    "docker/build.sh --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu": (
+        DOCKER_TEST + "test_build_passes_options_and_takes_the_image_name_from_the_environment"
+    ),
+    "docker/build.sh --build-arg INDEX_URL=https://mirror.example/simple "
+    "--build-arg EXTRA_INDEX_URLS=https://mirror.example/extra/simple": (
+        DOCKER_TEST + "test_build_passes_options_and_takes_the_image_name_from_the_environment"
+    ),
+    "IMGCLF_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt docker/build.sh": (
+        DOCKER_TEST + "test_build_gives_a_ca_bundle_as_the_build_secret"
+    ),
+    "mkdir -p '~/imgclf-data'": CONTAINERS_TEST + DEMO_IN_CONTAINER,
+    "cp -r data/demo '~/imgclf-data/'": CONTAINERS_TEST + DEMO_IN_CONTAINER,
+    "docker/run_volume.sh '~/imgclf-data' make demo": CONTAINERS_TEST + DEMO_IN_CONTAINER,
+    "eval '$(tools/podman_setup.sh)'": (
+        PODMAN_TEST + "test_eval_of_its_output_puts_the_docker_shim_first_and_the_shim_runs_podman"
+    ),
+    "IMGCLF_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt make test-docker": (
+        PODMAN_TEST + "test_make_test_docker_without_an_engine_skips_and_says_how_to_get_one"
+    ),
 }
 
 FENCE = re.compile(r"^```(\w*)\s*$")
