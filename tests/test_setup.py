@@ -108,7 +108,7 @@ echo "$*" >> "$RECORD"
 """
 
 
-def install_calls(folder: Path, torch_index_url: str | None) -> list[str]:
+def install_calls(folder: Path, torch_index_url: str | None, *options: str) -> list[str]:
     """The commands tools/install.sh runs, with a stand-in python that only records them."""
     folder.mkdir()
     python = folder / "python"
@@ -119,7 +119,8 @@ def install_calls(folder: Path, torch_index_url: str | None) -> list[str]:
     environment["RECORD"] = str(record)
     if torch_index_url:
         environment["TORCH_INDEX_URL"] = torch_index_url
-    subprocess.run([str(ROOT / "tools" / "install.sh"), str(python)], env=environment, check=True)
+    command = [str(ROOT / "tools" / "install.sh"), *options, str(python)]
+    subprocess.run(command, env=environment, check=True)
     return record.read_text().splitlines()
 
 
@@ -133,3 +134,11 @@ def test_install_takes_torch_from_torch_index_url_first_and_keeps_the_pins(tmp_p
     default = install_calls(tmp_path / "default", None)
     assert [call for call in default if "--index-url" in call] == []
     assert len(default) == len(calls) - 1
+
+
+def test_install_dependencies_only_leaves_out_the_one_step_that_reads_pyproject(tmp_path):
+    # The Dockerfile's install layer: pyproject.toml is not copied before it.
+    everything = install_calls(tmp_path / "all", None)
+    dependencies = install_calls(tmp_path / "dependencies", None, "--dependencies-only")
+    assert everything[-1].endswith("--no-deps --no-build-isolation -e .")
+    assert dependencies == everything[:-1]

@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
 # Install imgclf and its pinned dependencies into the environment of the given Python.
-# Usage: [TORCH_INDEX_URL=URL] tools/install.sh PATH/TO/venv/bin/python
+# Usage: [TORCH_INDEX_URL=URL] tools/install.sh [--dependencies-only] PATH/TO/venv/bin/python
 # Used by `make setup` and docker/Dockerfile, so the image is built by the tested steps.
+# --dependencies-only: everything but imgclf itself, which is the only step that reads
+# pyproject.toml (the Dockerfile's install layer, so that a ruff or pytest setting there does not
+# reinstall torch; its `make setup` installs the package afterwards).
 set -euo pipefail
-py=${1:?usage: tools/install.sh PATH/TO/venv/bin/python}
+dependencies_only=0
+if [ "${1:-}" = --dependencies-only ]; then
+    dependencies_only=1
+    shift
+fi
+py=${1:?usage: tools/install.sh [--dependencies-only] PATH/TO/venv/bin/python}
 cd "$(dirname "$0")/.."
 
 # pip >= 24.1 refuses every Catalyst release (invalid version specifiers in its metadata).
@@ -21,4 +29,7 @@ fi
 # requirements.txt lists its real needs instead.
 "$py" -m pip install --quiet --disable-pip-version-check --no-deps catalyst==21.12
 "$py" tools/patch_catalyst.py
+if [ "$dependencies_only" = 1 ]; then
+    exit 0
+fi
 "$py" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
