@@ -124,7 +124,9 @@ def test_a_readme_edit_reuses_the_install_layer(image, tmp_path):
     subprocess.run(["docker", "rmi", f"{image.rsplit(':', 1)[0]}:{tag}"], capture_output=True)
     assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]
     lines = (build.stdout + build.stderr).splitlines()
-    step = next(n for n, line in enumerate(lines) if "tools/install.sh .venv/bin/python" in line)
+    step = next(
+        n for n, line in enumerate(lines) if "tools/install.sh --dependencies-only" in line
+    )
     # podman: "--> Using cache <id>"; Docker BuildKit: "#12 CACHED".
     assert any(marker in lines[step + 1] for marker in ("Using cache", "CACHED")), lines[step:][:5]
 
