@@ -70,6 +70,10 @@ COVERAGE: dict[str, str] = {
     "--ray-address auto": RAY_TEST + "test_ctrl_c_of_the_driver_exits_130_and_a_rerun_completes",
     # how the download benchmark table in docs/benchmarks.md was produced
     "flock /tmp/imgclf-cpu.lock .venv/bin/python benchmarks/download.py": "record",
+    "flock /tmp/imgclf-cpu.lock .venv/bin/python benchmarks/download.py --images 20000 "
+    "--skip-naive --ray --img2dataset /tmp/i2d/bin/img2dataset --driver-memory 100000 1000000": (
+        "record"
+    ),
     # README.md and docs/training.md
     "catalyst-dl run --config configs/config.yaml": (
         TRAIN_TEST + "test_run_leaves_weights_picture_logs_and_table"

@@ -34,8 +34,9 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tqdm import tqdm
 
 from imgclf.acquire.layout import remove_stale_temporaries
+from imgclf.acquire.lock import exclusive_output
 from imgclf.acquire.manifest import recover
-from imgclf.acquire.pipeline import DownloadOptions
+from imgclf.acquire.pipeline import DownloadOptions, own_files
 from imgclf.acquire.reader import iter_url_rows, scan_urls
 from imgclf.acquire.reasons import FAILED
 from imgclf.acquire.shards import (
@@ -83,8 +84,10 @@ def run_distributed(options: DownloadOptions, ray_options: RayOptions) -> RunSta
             "--distributor ray."
         )
     assert options.urls is not None
-    urls = options.urls
-    summary = scan_urls(urls)
+    urls, ignore = options.urls, own_files(options.out)
+    if urls.resolve() in ignore:
+        raise InputError(f"{urls} is the manifest this download writes; pass the URL list.")
+    summary = scan_urls(urls, ignore)
     # Workers on other machines see the same path only if it is absolute.
     out = options.out.resolve()
     show = options.progress
@@ -98,26 +101,39 @@ def run_distributed(options: DownloadOptions, ray_options: RayOptions) -> RunSta
         raise
     try:
         check.on_nodes()
-        stats = RunStats(rows_total=summary.rows)
-        remove_stale_temporaries(out)
-        # The previous manifest stays in place; merge_parts replaces it atomically at the end.
-        previous = recover(out, lambda: iter_url_rows(urls))
-        shards = cut_shards(
-            iter_url_rows(urls), ray_options.shard_size, out, previous, options.retry_failed
-        )
-        with _interrupt_on_sigterm():
-            count = _Driver(options, ray_options, stats, show).run(shards)
-        if stats.interrupted:
-            save_stats(out, stats)
-            return stats
-        merge_parts(out, count, stats)
-        stats.finished = time.time()
-        save_stats(out, stats)
-        finish(out, summary.folders.values(), None)
-        return stats
+        with exclusive_output(out):  # one download per --out, as on one machine
+            return _run_locked(options, ray_options, summary.rows, ignore, show, summary.folders)
     finally:
         if started:
             ray.shutdown()
+
+
+def _run_locked(
+    options: DownloadOptions,
+    ray_options: RayOptions,
+    rows: int,
+    ignore: frozenset[Path],
+    show: bool,
+    folders: dict[str, str],
+) -> RunStats:
+    out, urls = options.out, options.urls
+    assert urls is not None
+    stats = RunStats(rows_total=rows)
+    remove_stale_temporaries(out)
+    previous = recover(out, lambda: iter_url_rows(urls, ignore))
+    shards = cut_shards(
+        iter_url_rows(urls, ignore), ray_options.shard_size, out, previous, options.retry_failed
+    )
+    with _interrupt_on_sigterm():
+        count = _Driver(options, ray_options, stats, show).run(shards)
+    if stats.interrupted:
+        save_stats(out, stats)
+        return stats
+    merge_parts(out, count, stats)  # replaces the earlier manifest atomically
+    stats.finished = time.time()
+    save_stats(out, stats)
+    finish(out, folders.values())
+    return stats
 
 
 class _Driver:

@@ -20,6 +20,7 @@ MANIFEST_NAME = "manifest.csv"
 STATS_NAME = "download_stats.json"
 LOCK_NAME = ".download.lock"
 PARTIAL_NAME = ".manifest.partial.csv"  # the rows of the run in progress
+SHARDS_NAME = ".shards"  # the state of a distributed run in progress (acquire/shards.py)
 # Names of the downloader's own files: no label folder may take one (compared case-folded).
 RESERVED_NAMES = frozenset(name.casefold() for name in (MANIFEST_NAME, STATS_NAME, LOCK_NAME))
 

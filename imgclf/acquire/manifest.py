@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from imgclf.acquire.layout import MANIFEST_NAME, PARTIAL_NAME, STATS_NAME
+from imgclf.acquire.layout import MANIFEST_NAME, PARTIAL_NAME, SHARDS_NAME, STATS_NAME
 from imgclf.acquire.lock import download_running
 from imgclf.acquire.reader import UrlRow, long_field_csv_reader
 from imgclf.errors import InputError
@@ -50,7 +50,7 @@ COLUMNS = (
 )
 # Written by versions before the partial file: the manifest moved aside during a run.
 LEGACY_PREVIOUS_NAME = ".manifest.previous.csv"
-UNFINISHED_NAMES = (PARTIAL_NAME, LEGACY_PREVIOUS_NAME)
+UNFINISHED_NAMES = (PARTIAL_NAME, LEGACY_PREVIOUS_NAME, SHARDS_NAME)
 _INT_COLUMNS = ("width", "height", "bytes", "attempts")
 
 

@@ -6,8 +6,9 @@ the label folders: `safe_label` never yields one):
     shard.json    the shard's place in the input (first row, row count) and a fingerprint of its
                   rows, written by the driver right after `input.csv`
     input.csv     its rows (url,label,split), cut from the list by the driver
-    manifest.csv  its part manifest: the rows of `run_download` on `input.csv`, images going into
-                  the shared `<out>/<label>/` folders, resumable like any manifest
+    manifest.csv  its part manifest (`.manifest.partial.csv` while it runs): the rows of
+                  `run_download` on `input.csv`, images going into the shared `<out>/<label>/`
+                  folders, resumable like any manifest
     done.json     the commit marker, written last and atomically once every row is committed:
                   a shard with a done marker whose fingerprint matches is never run again
 
@@ -36,7 +37,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from imgclf.acquire.layout import MANIFEST_NAME, STATS_NAME, remove_stale_temporaries
+from imgclf.acquire.layout import (
+    MANIFEST_NAME,
+    SHARDS_NAME,
+    STATS_NAME,
+    remove_stale_temporaries,
+)
 from imgclf.acquire.manifest import (
     COLUMNS,
     ManifestIndex,
@@ -51,7 +57,7 @@ from imgclf.acquire.reasons import DUPLICATE, FAILED, OK, STATUSES
 from imgclf.acquire.stats import RunStats
 from imgclf.fileio import atomic_write, atomic_write_json
 
-SHARDS_DIR = ".shards"
+SHARDS_DIR = SHARDS_NAME
 DEFAULT_SHARD_SIZE = 10_000
 INPUT_NAME = "input.csv"
 PLACE_NAME = "shard.json"
@@ -110,16 +116,21 @@ def cut_shards(
     unless `retry_failed` and it has failed rows. Old rows from `previous` (the manifest of
     earlier runs) seed shards that have no state of their own.
     """
+    # Old rows are matched by URL as in one run: the index holds a key and an offset per row.
     cursor = ManifestIndex(previous) if previous is not None else None
-    chunk: list[UrlRow] = []
-    index = 0
-    for row in rows:
-        chunk.append(row)
-        if len(chunk) == shard_size:
+    try:
+        chunk: list[UrlRow] = []
+        index = 0
+        for row in rows:
+            chunk.append(row)
+            if len(chunk) == shard_size:
+                yield _prepare(out, index, chunk, cursor, retry_failed)
+                chunk, index = [], index + 1
+        if chunk:
             yield _prepare(out, index, chunk, cursor, retry_failed)
-            chunk, index = [], index + 1
-    if chunk:
-        yield _prepare(out, index, chunk, cursor, retry_failed)
+    finally:
+        if cursor is not None:
+            cursor.close()
 
 
 def _prepare(
@@ -267,15 +278,13 @@ def _resolve(
     return row, converted
 
 
-def finish(out: Path, labels: Iterable[str], previous: Path | None) -> None:
+def finish(out: Path, labels: Iterable[str]) -> None:
     """After the merge: drop empty label folders, leftovers of killed tasks and the shard state."""
     for folder in labels:
         with contextlib.suppress(OSError):
             (out / folder).rmdir()  # only when empty: a label whose every row failed
     remove_stale_temporaries(out)
     shutil.rmtree(shards_root(out), ignore_errors=True)
-    if previous is not None:
-        previous.unlink(missing_ok=True)
 
 
 def save_stats(out: Path, stats: RunStats) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from imgclf.acquire.layout import PARTIAL_NAME
 from imgclf.commands.download import main
 from tests.acquire import sample_images as images
 from tests.acquire.faults import read_rows, write_list
@@ -106,7 +107,8 @@ def test_ray_run_leaves_the_same_manifest_and_files_and_reruns_like_one(
 
     assert (tmp_path / "ray/manifest.csv").read_bytes() == (one / "manifest.csv").read_bytes()
     assert snapshot(tmp_path / "ray") == snapshot(one)
-    assert sorted(p.name for p in (tmp_path / "ray").glob(".*")) == []  # no shard state left
+    hidden = [sorted(p.name for p in out.glob(".*")) for out in (one, tmp_path / "ray")]
+    assert hidden[0] == hidden[1], "no shard state left"
     fetched = server.hits - before
     assert sum(fetched.values()) == len(read_rows(one))  # each row fetched once
     stats = [
@@ -133,7 +135,7 @@ def test_a_killed_worker_is_retried_and_fetches_nothing_it_had_committed(
 ):
     one = reference_of(slow_list, tmp_path / "one", "--concurrency", "2")
     out = tmp_path / "ray"
-    part = out / ".shards" / "000000" / ".manifest.partial.csv"  # the running shard's rows
+    part = out / ".shards" / "000000" / PARTIAL_NAME  # the rows of the shard's run in progress
     committed: list[str] = []
     finished = threading.Event()
     killer = threading.Thread(target=_kill_the_writer_of, args=(part, 8, committed, finished))
