@@ -44,6 +44,7 @@ class Expected:
         """One announced image was queued or refused: stop waiting for it."""
         self.left -= 1
         self._batcher._expected -= 1
+        self._batcher._wake()
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,12 @@ class MicroBatcher:
             yield expected
         finally:
             self._expected -= expected.left
+            self._wake()
+
+    def _wake(self) -> None:
+        """Let a waiting batch look again: an image arrived or an expected one will not."""
+        if self._arrived is not None:
+            self._arrived.set()
 
     def run_in_engine(self, function: Callable, *args) -> asyncio.Future:
         """Run `function(*args)` on the engine thread (warm-up calls)."""
@@ -116,8 +123,7 @@ class MicroBatcher:
         future = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Waiting(tensor, future))
         self.metrics.queue_depth.set(self._queue.qsize())
-        if self._arrived is not None:
-            self._arrived.set()
+        self._wake()
         return await future
 
     async def _gather_forever(self) -> None:

@@ -10,7 +10,9 @@ checkout's code), listens on 127.0.0.1 only, and is stopped (SIGTERM, then SIGKI
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -20,6 +22,7 @@ import time
 from pathlib import Path
 
 import httpx
+from PIL import Image
 
 from tests.conftest import ROOT
 
@@ -113,3 +116,32 @@ class ServiceProcess:
                 self.process.kill()
                 self.process.wait()
         self._log.close()
+
+
+def upload(*files: tuple[str, bytes]) -> list[tuple[str, tuple[str, bytes, str]]]:
+    """httpx `files=` for multipart parts named `file`."""
+    return [("file", (name, data, "application/octet-stream")) for name, data in files]
+
+
+def metric(client: httpx.Client, name: str, **labels: str) -> float:
+    """The value of one sample in /metrics (0 when absent)."""
+    text = client.get("/metrics").text
+    wanted = ",".join(f'{key}="{value}"' for key, value in labels.items())
+    pattern = re.escape(name) + (r"\{" + re.escape(wanted) + r"\}" if labels else "") + r" (\S+)"
+    found = re.search("^" + pattern + "$", text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def wait_for(condition, timeout: float = 30.0) -> None:
+    """Poll `condition` until true; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
+
+
+def jpeg_bytes(size: tuple[int, int], colour=(90, 140, 200)) -> bytes:
+    """A plain-colour JPEG of `size` (width, height)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, "JPEG")
+    return buffer.getvalue()

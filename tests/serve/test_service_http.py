@@ -11,11 +11,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import re
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -24,7 +22,14 @@ import pytest
 from PIL import Image
 
 from tests.conftest import DEMO_DATA, ROOT
-from tests.serve.service_fixtures import HOST, ServiceProcess
+from tests.serve.service_fixtures import (
+    HOST,
+    ServiceProcess,
+    jpeg_bytes,
+    metric,
+    upload,
+    wait_for,
+)
 
 MAX_IMAGES = 4
 MAX_QUEUE = 4
@@ -60,26 +65,6 @@ def photos(tiny_root) -> list[Path]:
     """Two tiny generated JPEGs and two real 100x100 demo photos."""
     tiny = sorted(tiny_root.glob("*/*.jpg"))
     return [tiny[0], tiny[-1], *sorted(DEMO_DATA.glob("*/*.jpg"))[:2]]
-
-
-def upload(*files: tuple[str, bytes]) -> list[tuple[str, tuple[str, bytes, str]]]:
-    """httpx `files=` for multipart parts named `file`."""
-    return [("file", (name, data, "application/octet-stream")) for name, data in files]
-
-
-def jpeg_bytes(size: tuple[int, int], colour=(90, 140, 200)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, colour).save(buffer, "JPEG")
-    return buffer.getvalue()
-
-
-def metric(client: httpx.Client, name: str, **labels: str) -> float:
-    """The value of one sample in /metrics (0 when absent)."""
-    text = client.get("/metrics").text
-    wanted = ",".join(f'{key}="{value}"' for key, value in labels.items())
-    pattern = re.escape(name) + (r"\{" + re.escape(wanted) + r"\}" if labels else "") + r" (\S+)"
-    found = re.search("^" + pattern + "$", text, re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
 
 
 def test_predict_answers_exactly_like_the_cli(client, photos, mobilenet_weights):
@@ -228,7 +213,7 @@ def test_full_queue_is_503_with_retry_after(client, service):
                 b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n"
             )
             stalled.append(sock)
-        _wait_for(lambda: metric(client, "imgclf_requests_in_flight") == MAX_QUEUE)
+        wait_for(lambda: metric(client, "imgclf_requests_in_flight") == MAX_QUEUE)
         refused = client.post("/predict", files=upload(("a.jpg", jpeg_bytes((40, 40)))))
         assert refused.status_code == 503
         assert refused.headers["Retry-After"] == "1"
@@ -236,16 +221,9 @@ def test_full_queue_is_503_with_retry_after(client, service):
     finally:
         for sock in stalled:
             sock.close()
-    _wait_for(lambda: metric(client, "imgclf_requests_in_flight") == 0)
+    wait_for(lambda: metric(client, "imgclf_requests_in_flight") == 0)
     again = client.post("/predict", files=upload(("a.jpg", jpeg_bytes((40, 40)))))
     assert again.status_code == 200
-
-
-def _wait_for(condition, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.05)
 
 
 def test_request_past_its_deadline_is_504(client):
@@ -302,7 +280,7 @@ def test_one_json_log_line_per_request(client, service):
     client.get("/health/live")
     client.post("/predict", files=upload(("x.txt", b"text")))
     client.get("/nowhere")
-    _wait_for(lambda: any('"/nowhere"' in line for line in service.log_lines()[before:]))
+    wait_for(lambda: any('"/nowhere"' in line for line in service.log_lines()[before:]))
     lines = [json.loads(line) for line in service.log_lines()[before:] if line.startswith("{")]
     ours = [line for line in lines if line["path"] != "/metrics"]
     assert [(line["method"], line["path"], line["status"]) for line in ours] == [
