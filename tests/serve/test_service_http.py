@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -343,3 +344,22 @@ def test_openapi_schema_fuzzing_finds_no_failure(service, tmp_path):
         timeout=600,
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_the_documented_curl_commands(service, photos):
+    """docs/serve.md's `curl -F file=@photo.jpg .../predict` and `.../search?k=5`, as written."""
+    predicted = subprocess.run(
+        ["curl", "-s", "-F", f"file=@{photos[2]}", service.url("/predict")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(predicted.stdout)["results"][0]["input"] == photos[2].name
+    searched = subprocess.run(
+        ["curl", "-s", "-F", f"file=@{photos[2]}", service.url("/search?k=5")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "--index" in json.loads(searched.stdout)["detail"]
