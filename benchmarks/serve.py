@@ -62,7 +62,7 @@ def naive_server(weights: str, backend: str | None, port: int) -> None:
     import uvicorn
     from fastapi import FastAPI, UploadFile
 
-    from imgclf.serve.predictor import load_predictor
+    from imgclf.model.predictor import load_predictor
 
     predictor = load_predictor(weights, backend)
     predictor.warm_up(1)

@@ -12,7 +12,7 @@ Exit codes: 0 stopped by a signal after draining, 2 bad argument or weights file
 
 import sys
 
-from imgclf.serve.service_cli import main
+from imgclf.commands.serve import main
 
 if __name__ == "__main__":
     sys.exit(main(description=__doc__))

@@ -19,9 +19,9 @@ from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 
 from imgclf import __version__
+from imgclf.model.predictor import Predictor
 from imgclf.serve.access_log import AccessLog
 from imgclf.serve.limits import BodyTooLarge, RequestLimits
-from imgclf.serve.predictor import Predictor
 from imgclf.serve.schemas import Health, Info, PredictResponse, Problem
 from imgclf.serve.service import ImageInput, Service
 from imgclf.serve.settings import RETRY_AFTER_S, ServiceSettings
@@ -321,12 +321,7 @@ def _info(service: Service) -> dict:
     return {
         "arch": spec.arch,
         "classes": list(spec.classes),
-        "preprocessing": {
-            "img_size": spec.img_size,
-            "resize_size": spec.resize_size,
-            "mean": list(spec.mean),
-            "std": list(spec.std),
-        },
+        "preprocessing": spec.preprocessing.to_dict(),
         "weights": service.predictor.source,
         "weights_sha256": service.weights_sha256,
         "backend": service.predictor.backend,

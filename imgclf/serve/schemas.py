@@ -1,7 +1,7 @@
 """The shapes of the service's answers, for the OpenAPI page (/docs) and its fuzzing.
 
 The answers themselves are built as plain dicts (the /predict results are `--predict --json`'s,
-from imgclf.serve.prediction); these models document them, and schemathesis checks that every
+from imgclf.predict.prediction); these models document them, and schemathesis checks that every
 answer matches its model.
 """
 

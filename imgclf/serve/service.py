@@ -2,7 +2,7 @@
 
 Per request: each image is checked, decoded and preprocessed in the decoding threads (never on
 the event loop) and, as soon as it is ready, queued for the micro-batcher; the answers are
-assembled by `--predict`'s own payload code (imgclf.serve.prediction), so the classes and
+assembled by `--predict`'s own payload code (imgclf.predict.prediction), so the classes and
 probabilities are those of `utils/inference.py --predict --json` for the same image and weights.
 A refused image is a result with its reason; it never fails the other images of the request.
 """
@@ -19,14 +19,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from imgclf.model.predictor import Predictor
+from imgclf.model.spec import file_sha256
+from imgclf.predict.batches import Outcome, _warm_up_jpeg
+from imgclf.predict.prediction import _payload
 from imgclf.serve.batcher import MicroBatcher
-from imgclf.serve.batches import Outcome, _warm_up_jpeg
 from imgclf.serve.lifecycle import ServiceState
-from imgclf.serve.prediction import _payload
-from imgclf.serve.predictor import Predictor
 from imgclf.serve.service_metrics import ServiceMetrics
 from imgclf.serve.settings import ServiceSettings
-from imgclf.serve.spec import file_sha256
 from imgclf.serve.uploads import describe, error_status, prepare_image
 from imgclf.serve.url_inputs import Fetched, fetch_all, url_fetcher
 
@@ -80,7 +80,7 @@ class Service:
             metrics=self.metrics,
         )
         # One torch thread per decoder: one small image is not worth splitting
-        # (see imgclf.serve.single_image.one_torch_thread).
+        # (see imgclf.model.single_image.one_torch_thread).
         self._decoders = ThreadPoolExecutor(
             settings.threads_for_decoding,
             thread_name_prefix="imgclf-decode",

@@ -16,8 +16,8 @@ import torch
 
 from imgclf.acquire.reasons import REASONS
 from imgclf.acquire.validator import ValidationOptions, check_image
-from imgclf.serve.decoding import decode_rgb
-from imgclf.serve.predictor import Predictor
+from imgclf.decoding import decode_rgb
+from imgclf.model.predictor import Predictor
 
 # The downloader's limits, except the smallest side: a 20-pixel thumbnail is refused as
 # training data but can still be classified (--predict classifies it too).

@@ -2,7 +2,7 @@
 free loopback port), a real HTTP client, every endpoint and every error status.
 
 The service runs a mobilenet_v3_small whose head is fitted on the tiny generated shapes
-(tests/serve/conftest.py), with small limits so that each refusal is cheap to provoke:
+(tests/support/trained.py), with small limits so that each refusal is cheap to provoke:
 at most 4 images per request, 4 requests in progress, a 2 MB body cap.
 """
 

@@ -7,17 +7,19 @@ with one sentence and exit code 2 instead of a service that never becomes ready.
 from __future__ import annotations
 
 import argparse
-import sys
 
-from imgclf.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, InputError
+from imgclf.commands import run_command
+from imgclf.errors import EXIT_OK, InputError
 from imgclf.serve import settings as defaults
 from imgclf.serve.settings import ServiceSettings
+
+PROG = "serve.py"
 
 
 def parse_args(argv: list[str] | None = None, description: str | None = None) -> ServiceSettings:
     """The settings the command line asks for; bad values end with exit code 2."""
     parser = argparse.ArgumentParser(
-        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=PROG, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add = parser.add_argument
     add(
@@ -155,9 +157,9 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
 def run(settings: ServiceSettings) -> int:
     """Load the model, then serve until a signal; returns the exit code."""
     # Heavy imports after parsing, so --help answers at once.
+    from imgclf.model.predictor import load_predictor
     from imgclf.serve.access_log import configure_logging
     from imgclf.serve.app import create_app
-    from imgclf.serve.predictor import load_predictor
     from imgclf.serve.server import serve
 
     if settings.index:
@@ -181,10 +183,4 @@ def run(settings: ServiceSettings) -> int:
 def main(argv: list[str] | None = None, description: str | None = None) -> int:
     """Entry point: bad input ends with one line on stderr and exit code 2, no traceback."""
     settings = parse_args(argv, description)
-    try:
-        return run(settings)
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+    return run_command(lambda: run(settings), prog=PROG)
