@@ -36,6 +36,7 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
+from fastapi import UploadFile  # at module level: FastAPI resolves the endpoint's annotations here
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -58,9 +59,8 @@ def multipart(name: str, data: bytes) -> bytes:
 
 def naive_server(weights: str, backend: str | None, port: int) -> None:
     """The naive endpoint (runs in its own process: `benchmarks/serve.py --naive-port N`)."""
-    import numpy as np
     import uvicorn
-    from fastapi import FastAPI, UploadFile
+    from fastapi import FastAPI
 
     from imgclf.model.predictor import load_predictor
 
@@ -116,7 +116,7 @@ async def load(url: str, bodies: list[bytes], clients: int, requests: int) -> di
                     ) as answer:
                         await answer.read()
                         if answer.status != 200:
-                            failures.append(str(answer.status))
+                            failures.append(f"{answer.status} {(await answer.text())[:200]}")
                 except aiohttp.ClientError as error:
                     failures.append(type(error).__name__)
                 latencies.append((time.perf_counter() - start) * 1e3)
@@ -125,6 +125,8 @@ async def load(url: str, bodies: list[bytes], clients: int, requests: int) -> di
         await asyncio.gather(*(client() for _ in range(clients)))
         seconds = time.perf_counter() - start
     values = np.array(latencies)
+    if failures:
+        print(f"  {len(failures)} failed, first: {failures[0]}", flush=True)
     return {
         "requests": requests,
         "errors": len(failures),
