@@ -104,8 +104,11 @@ class NaiveProcess(ServiceProcess):
             self.args += ["--backend", backend]
 
 
-async def load(url: str, bodies: list[bytes], clients: int, requests: int) -> dict:
-    """`requests` POSTs from `clients` concurrent clients; latencies and failures."""
+async def load(
+    url: str, bodies: list[bytes], clients: int, requests: int, budget_s: float = 1e9
+) -> dict:
+    """`requests` POSTs from `clients` concurrent clients (fewer when `budget_s` seconds are
+    up first: no new request is sent after that); latencies and failures."""
     latencies: list[float] = []
     failures: list[str] = []
     counter = iter(range(requests))
@@ -115,6 +118,8 @@ async def load(url: str, bodies: list[bytes], clients: int, requests: int) -> di
 
         async def client() -> None:
             for number in counter:
+                if time.perf_counter() - begin > budget_s:
+                    return
                 start = time.perf_counter()
                 try:
                     async with session.post(
@@ -127,16 +132,16 @@ async def load(url: str, bodies: list[bytes], clients: int, requests: int) -> di
                     failures.append(type(error).__name__)
                 latencies.append((time.perf_counter() - start) * 1e3)
 
-        start = time.perf_counter()
+        begin = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(clients)))
-        seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - begin
     values = np.array(latencies)
     if failures:
         print(f"  {len(failures)} failed, first: {failures[0]}", flush=True)
     return {
-        "requests": requests,
+        "requests": len(latencies),
         "errors": len(failures),
-        "throughput": requests / seconds,
+        "throughput": len(latencies) / seconds,
         "p50": float(np.percentile(values, 50)),
         "p95": float(np.percentile(values, 95)),
         "p99": float(np.percentile(values, 99)),
@@ -192,6 +197,13 @@ def main() -> None:
         help="requests at 1, 8 and 32 clients (default: %(default)s)",
     )
     parser.add_argument(
+        "--row-seconds",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="no new request in a row after this long (default: %(default)s)",
+    )
+    parser.add_argument(
         "--service-args",
         default="",
         metavar="ARGS",
@@ -227,7 +239,8 @@ def main() -> None:
             asyncio.run(load(process.url("/predict"), bodies, 8, 100))
         for clients, requests in zip(CLIENTS, args.requests, strict=True):
             for name, process in targets.items():
-                result = asyncio.run(load(process.url("/predict"), bodies, clients, requests))
+                url = process.url("/predict")
+                result = asyncio.run(load(url, bodies, clients, requests, args.row_seconds))
                 results[name, clients] = result
                 extra = ""
                 if name == "service":

@@ -164,8 +164,9 @@ def run(settings: ServiceSettings) -> int:
 
     if settings.index:
         raise InputError(
-            f"--index {settings.index}: similar-image search is not part of this build yet; "
-            "start the service without --index (POST /search answers 404 until then)"
+            f"--index {settings.index}: the service does not serve search yet; start it without "
+            "--index, and query the index with: python utils/search.py query PHOTO --index "
+            f"{settings.index}"
         )
     configure_logging()
     predictor = load_predictor(settings.weights, settings.backend)

@@ -33,8 +33,8 @@ ENDPOINTS = frozenset(
 FILE_FIELD = "file"
 MAX_TOPK = 1000
 SEARCH_OFF = (
-    "search is off: start the service with --index DIR (an index built by "
-    "python utils/search.py) to enable POST /search"
+    "POST /search is not served by this version of the service (its --index option is "
+    "refused); query an index with: python utils/search.py query PHOTO --index index/"
 )
 
 
@@ -164,7 +164,7 @@ def create_app(settings: ServiceSettings, predictor: Predictor) -> FastAPI:
     @app.post(
         "/search",
         responses={
-            404: _problem("search is off (no --index)"),
+            404: _problem("search is not served yet (use utils/search.py query)"),
             422: _problem("a query parameter out of range"),
             **WORK_ERRORS,
         },
