@@ -42,6 +42,7 @@ EVALUATION_TEST = "tests/evaluate/test_evaluate_evaluation.py::"
 PREDICT_TEST = "tests/predict/test_predict_prediction.py::"
 EXPORT_TEST = "tests/model/test_model_export.py::"
 SEARCH_TEST = "tests/search/test_search_cli.py::"
+SERVE_TEST = "tests/serve/test_service_http.py::"
 COVERAGE: dict[str, str] = {
     # README.md (quick start), CI
     "make test": "ci",
@@ -225,6 +226,18 @@ COVERAGE: dict[str, str] = {
     "IMGCLF_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt make test-docker": (
         PODMAN_TEST + "test_make_test_docker_without_an_engine_skips_and_says_how_to_get_one"
     ),
+    # docs/serve.md: the HTTP service, its tests and its benchmark
+    "python utils/serve.py --weights weights/mobilenet_v3_small.pth --port 8000": (
+        SERVE_TEST + "test_predict_answers_exactly_like_the_cli"
+    ),
+    "curl -F file=@photo.jpg http://127.0.0.1:8000/predict": (
+        SERVE_TEST + "test_the_documented_curl_commands"
+    ),
+    "curl -F file=@photo.jpg 'http://127.0.0.1:8000/search?k=5'": (
+        SERVE_TEST + "test_the_documented_curl_commands"
+    ),
+    ".venv/bin/python -m pytest tests/serve -q": "ci",
+    "flock /tmp/imgclf-cpu.lock .venv/bin/python benchmarks/serve.py": "record",
 }
 
 FENCE = re.compile(r"^```(\w*)\s*$")

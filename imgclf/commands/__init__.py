@@ -2,6 +2,7 @@
 
 download.py   `python utils/download_data.py`: download or import labelled images
 inference.py  `python utils/inference.py`: report, --predict or --export
+serve.py      `python utils/serve.py`: the HTTP service
 
 `run_command` is the one way a command ends: bad input (`InputError`) as one line
 `<prog>: error: <sentence>` on stderr and exit code 2, Ctrl-C as `<prog>: interrupted` and 130.

@@ -1,0 +1,69 @@
+"""uvicorn running the app, with a graceful drain on SIGTERM (and Ctrl-C).
+
+On the first signal the service turns unready (/health/ready and new work: 503, the connection
+closed after the answer) while it keeps listening, so a load balancer sees it leave; once the
+admitted requests are answered (at most --drain-seconds), uvicorn stops listening, closes the
+idle connections and the process exits 0. A second signal stops at once.
+
+uvicorn itself would re-raise the signal after its shutdown (so the process would die by
+SIGTERM, not exit 0): this server does not record it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import uvicorn
+
+from imgclf.serve.lifecycle import ServiceState
+
+logger = logging.getLogger("imgclf.serve")
+# Connections still open when the drain ends get this long before their tasks are cancelled.
+CLOSE_GRACE_S = 2.0
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn.Server whose exit signal starts a bounded drain instead of stopping at once."""
+
+    def __init__(self, config: uvicorn.Config, state: ServiceState, drain_seconds: float):
+        super().__init__(config)
+        self.state = state
+        self.drain_seconds = drain_seconds
+        self._drain_until: float | None = None
+
+    def handle_exit(self, sig: int, frame) -> None:
+        if self._drain_until is None:
+            self._drain_until = time.monotonic() + self.drain_seconds
+            self.state.draining = True
+            logger.info(
+                f"signal {sig}: draining {self.state.in_flight} request(s), "
+                f"at most {self.drain_seconds:g} s"
+            )
+        elif self.should_exit:
+            self.force_exit = True
+        else:
+            self.should_exit = True
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._drain_until is not None and not self.should_exit:
+            drained = self.state.in_flight == 0
+            if drained or time.monotonic() >= self._drain_until:
+                if not drained:
+                    logger.info(f"drain time over with {self.state.in_flight} request(s) left")
+                self.should_exit = True
+        return await super().on_tick(counter)
+
+
+def serve(app, *, host: str, port: int, state: ServiceState, drain_seconds: float) -> None:
+    """Run `app` until a signal ends the drain; returns normally (exit code 0)."""
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        access_log=False,  # imgclf.serve.access_log writes one line per request instead
+        log_level="info",  # its start-up and shutdown lines; requests: access_log
+        timeout_graceful_shutdown=CLOSE_GRACE_S,
+        lifespan="on",
+    )
+    DrainingServer(config, state, drain_seconds).run()

@@ -1,0 +1,200 @@
+"""The service's work, apart from HTTP: images in → the `--predict --json` payload out.
+
+Per request: each image is checked, decoded and preprocessed in the decoding threads (never on
+the event loop) and, as soon as it is ready, queued for the micro-batcher; the answers are
+assembled by `--predict`'s own payload code (imgclf.predict.prediction), so the classes and
+probabilities are those of `utils/inference.py --predict --json` for the same image and weights.
+A refused image is a result with its reason; it never fails the other images of the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from imgclf.model.predictor import Predictor
+from imgclf.model.spec import file_sha256
+from imgclf.predict.batches import Outcome, _warm_up_jpeg
+from imgclf.predict.prediction import _payload
+from imgclf.serve.batcher import MicroBatcher
+from imgclf.serve.lifecycle import ServiceState
+from imgclf.serve.service_metrics import ServiceMetrics
+from imgclf.serve.settings import ServiceSettings
+from imgclf.serve.uploads import describe, error_status, prepare_image
+from imgclf.serve.url_inputs import Fetched, fetch_all, url_fetcher
+
+logger = logging.getLogger("imgclf.serve")
+# Untimed engine calls per batch size at start-up: eager torch builds its kernels for a new
+# input shape during its first two calls (Predictor.warm_up).
+WARM_UP_CALLS = 2
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """One image of a request: its name (file name or URL) and bytes, or why there are none."""
+
+    name: str
+    data: bytes | None
+    reason: str = ""
+    read_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class ImageOutcome:
+    """One image after the work: its probabilities and timings, or the reason it failed."""
+
+    reason: str
+    probabilities: np.ndarray | None = None
+    preprocess_ms: float = 0.0
+    model_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A /predict answer: the HTTP status and the JSON payload."""
+
+    status: int
+    payload: dict[str, Any]
+
+
+class Service:
+    """The loaded model, the micro-batcher, the decoding threads and the URL fetcher."""
+
+    def __init__(self, settings: ServiceSettings, predictor: Predictor) -> None:
+        self.settings = settings
+        self.predictor = predictor
+        self.weights_sha256 = predictor.spec.source_sha256 or file_sha256(settings.weights)
+        self.state = ServiceState()
+        self.metrics = ServiceMetrics()
+        self.batcher = MicroBatcher(
+            predictor.probabilities,
+            max_batch_size=settings.max_batch_size,
+            max_wait_ms=settings.max_wait_ms,
+            metrics=self.metrics,
+        )
+        # One torch thread per decoder: one small image is not worth splitting
+        # (see imgclf.model.single_image.one_torch_thread).
+        self._decoders = ThreadPoolExecutor(
+            settings.threads_for_decoding,
+            thread_name_prefix="imgclf-decode",
+            initializer=torch.set_num_threads,
+            initargs=(1,),
+        )
+        self._fetcher = url_fetcher(settings) if settings.allow_urls else None
+        self._warm_up_task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        """Start batching and fetching, and warm up in the background (ready afterwards)."""
+        self.batcher.start()
+        if self._fetcher is not None:
+            await self._fetcher.__aenter__()
+        self._warm_up_task = asyncio.get_running_loop().create_task(self._warm_up())
+
+    async def stop(self) -> None:
+        """Stop everything started by `start` (after the requests were drained)."""
+        if self._warm_up_task is not None and not self._warm_up_task.done():
+            self._warm_up_task.cancel()
+        await self.batcher.stop()
+        self._decoders.shutdown(wait=True)
+        if self._fetcher is not None:
+            await self._fetcher.__aexit__(None, None, None)
+
+    async def _warm_up(self) -> None:
+        start = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        jpeg = _warm_up_jpeg()
+        decodes = [
+            loop.run_in_executor(self._decoders, prepare_image, self.predictor, jpeg)
+            for _ in range(3 * self.settings.threads_for_decoding)
+        ]
+        await asyncio.gather(*decodes)
+        for size in range(1, self.settings.max_batch_size + 1):
+            await self.batcher.run_in_engine(self.predictor.warm_up, size, WARM_UP_CALLS)
+        self.state.warm_up_seconds = time.perf_counter() - start
+        self.state.warmed_up = True
+        logger.info(
+            f"ready: {self.predictor.spec.arch} on {self.predictor.backend}, warmed up batch "
+            f"sizes 1-{self.settings.max_batch_size} in {self.state.warm_up_seconds:.1f} s"
+        )
+
+    @property
+    def urls_allowed(self) -> bool:
+        """True when started with --allow-urls."""
+        return self._fetcher is not None
+
+    async def fetch(self, urls: list[str]) -> list[ImageInput]:
+        """The images behind `urls` (only with --allow-urls)."""
+        assert self._fetcher is not None, "URL inputs are off"
+        fetched: list[Fetched] = await fetch_all(self._fetcher, urls)
+        return [
+            ImageInput(url, result.body, result.reason, result.read_ms)
+            for url, result in zip(urls, fetched, strict=True)
+        ]
+
+    async def predict(self, images: list[ImageInput], topk: int) -> Answer:
+        """Classify every image; 200 unless none of them could be classified."""
+        start = time.perf_counter()
+        self.metrics.images.inc(len(images))
+        readable = sum(image.data is not None for image in images)
+        with self.batcher.expect(readable) as expected:
+
+            async def one(image: ImageInput) -> ImageOutcome:
+                if image.data is None:
+                    return ImageOutcome(image.reason)
+                loop = asyncio.get_running_loop()
+                prepared = await loop.run_in_executor(
+                    self._decoders, prepare_image, self.predictor, image.data
+                )
+                expected.settle()
+                if prepared.tensor is None:
+                    return ImageOutcome(prepared.reason)
+                scored = await self.batcher.score(prepared.tensor)
+                return ImageOutcome(
+                    "", scored.probabilities, prepared.preprocess_ms, scored.model_ms
+                )
+
+            done = await asyncio.gather(*(one(image) for image in images))
+        return self._answer(images, done, topk, time.perf_counter() - start)
+
+    def _answer(
+        self, images: list[ImageInput], done: list[ImageOutcome], topk: int, seconds: float
+    ) -> Answer:
+        classes = len(self.predictor.classes)
+        count = len(images)
+        probabilities = np.full((count, classes), np.nan)
+        errors: dict[int, str] = {}
+        reasons: dict[int, str] = {}
+        preprocess_ms, model_ms = np.zeros(count), np.zeros(count)
+        for index, image in enumerate(done):
+            if image.reason:
+                reasons[index] = image.reason
+                errors[index] = describe(image.reason)
+                self.metrics.images_failed.labels(image.reason).inc()
+                continue
+            probabilities[index] = image.probabilities
+            preprocess_ms[index] = image.preprocess_ms
+            model_ms[index] = image.model_ms
+        read_ms = np.array([image.read_ms for image in images], dtype=float)
+        outcome = Outcome(
+            probabilities,
+            errors,
+            read_ms,
+            preprocess_ms,
+            model_ms,
+            self.settings.max_batch_size,
+            seconds,
+        )
+        topk = max(1, min(topk, classes))
+        payload = {"arch": self.predictor.spec.arch, "weights_sha256": self.weights_sha256}
+        payload |= _payload(self.predictor, [image.name for image in images], outcome, topk)
+        for index, reason in reasons.items():
+            payload["results"][index]["reason"] = reason
+        status = 200 if len(reasons) < count else error_status(list(reasons.values()))
+        return Answer(status, payload)

@@ -1,0 +1,134 @@
+"""MicroBatcher on a real event loop with a plain numpy "engine" (row sums, so every answer is
+checked by hand), and the service's URL fetcher against a loopback image server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+import torch
+
+from imgclf.serve.batcher import MicroBatcher
+from imgclf.serve.service_metrics import ServiceMetrics
+from imgclf.serve.settings import ServiceSettings
+from imgclf.serve.url_inputs import fetch_all, url_fetcher
+from tests.serve.service_fixtures import jpeg_bytes
+from tests.support.loopback import LoopbackServer, respond
+
+
+class RecordingEngine:
+    """Returns each image's pixel sum as its only "probability"; remembers batch sizes."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.sizes: list[int] = []
+        self.fail = fail
+
+    def __call__(self, batch: torch.Tensor) -> np.ndarray:
+        self.sizes.append(len(batch))
+        if self.fail:
+            raise RuntimeError("engine broke")
+        return batch.sum(dim=(1, 2, 3), keepdim=False).numpy()[:, None]
+
+
+def image(value: float) -> torch.Tensor:
+    return torch.full((3, 2, 2), value)
+
+
+async def _run(engine, coroutine_factory, *, max_batch_size=4, max_wait_ms=60_000.0):
+    batcher = MicroBatcher(
+        engine, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, metrics=ServiceMetrics()
+    )
+    batcher.start()
+    try:
+        return await asyncio.wait_for(coroutine_factory(batcher), 30)
+    finally:
+        await batcher.stop()
+
+
+def test_concurrent_images_are_gathered_into_full_batches():
+    engine = RecordingEngine()
+
+    async def ten_images(batcher):
+        return await asyncio.gather(*(batcher.score(image(v)) for v in range(10)))
+
+    scored = asyncio.run(_run(engine, ten_images))
+    # 12 pixels of value v each: the sum is 12 v, answered to the image that sent it.
+    assert [float(s.probabilities[0]) for s in scored] == [12.0 * v for v in range(10)]
+    assert engine.sizes == [4, 4, 2]
+    assert [s.batch_size for s in scored] == [4] * 8 + [2] * 2
+
+
+def test_a_lone_image_does_not_wait_when_nothing_else_is_announced():
+    """max_wait is a minute: an answer within the 30 s test bound means no wait happened."""
+    engine = RecordingEngine()
+
+    async def one(batcher):
+        return await batcher.score(image(1.0))
+
+    assert float(asyncio.run(_run(engine, one)).probabilities[0]) == 12.0
+    assert engine.sizes == [1]
+
+
+def test_announced_images_join_the_batch_they_were_expected_in():
+    engine = RecordingEngine()
+
+    async def late_joiner(batcher):
+        with batcher.expect(2) as expected:
+
+            async def arrive(value: float, delay: float):
+                await asyncio.sleep(delay)
+                expected.settle()
+                return await batcher.score(image(value))
+
+            return await asyncio.gather(arrive(1.0, 0), arrive(2.0, 0.05))
+
+    asyncio.run(_run(engine, late_joiner))
+    assert engine.sizes == [2]
+
+
+def test_images_of_a_request_that_gave_up_are_never_scored():
+    engine = RecordingEngine()
+
+    async def cancelled_then_one(batcher):
+        with batcher.expect(1):  # the batcher waits (a minute) for an image that is coming
+            first = asyncio.ensure_future(batcher.score(image(1.0)))
+            await asyncio.sleep(0)
+            first.cancel()
+        return await batcher.score(image(2.0))
+
+    scored = asyncio.run(_run(engine, cancelled_then_one))
+    assert float(scored.probabilities[0]) == 24.0
+    assert engine.sizes == [1]
+
+
+def test_an_engine_failure_fails_that_batch_only():
+    engine = RecordingEngine(fail=True)
+
+    async def one(batcher):
+        with pytest.raises(RuntimeError, match="engine broke"):
+            await batcher.score(image(1.0))
+        engine.fail = False
+        return await batcher.score(image(1.0))
+
+    assert float(asyncio.run(_run(engine, one)).probabilities[0]) == 12.0
+
+
+def test_url_inputs_use_the_downloaders_fetcher_with_private_addresses_blocked():
+    photo = jpeg_bytes((40, 40))
+    with LoopbackServer({"/cat.jpg": respond(photo), "/gone.jpg": respond(status=404)}) as server:
+        urls = [server.url("/cat.jpg"), server.url("/gone.jpg"), "ftp://example.org/a.jpg"]
+
+        async def fetch(settings):
+            async with url_fetcher(settings) as fetcher:
+                return await fetch_all(fetcher, urls)
+
+        blocked = asyncio.run(fetch(ServiceSettings(allow_urls=True)))
+        allowed = asyncio.run(fetch(ServiceSettings(allow_urls=True, allow_private_urls=True)))
+    assert [result.reason for result in blocked] == [
+        "blocked_private",
+        "blocked_private",
+        "unsupported_scheme",
+    ]
+    assert allowed[0].body == photo and allowed[0].reason == ""
+    assert [result.reason for result in allowed[1:]] == ["http_404", "unsupported_scheme"]
