@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from imgclf.commands import run_command
-from imgclf.errors import EXIT_OK, InputError
+from imgclf.errors import EXIT_OK
 from imgclf.serve import settings as defaults
 from imgclf.serve.settings import ServiceSettings
 
@@ -162,15 +162,10 @@ def run(settings: ServiceSettings) -> int:
     from imgclf.serve.app import create_app
     from imgclf.serve.server import serve
 
-    if settings.index:
-        raise InputError(
-            f"--index {settings.index}: the service does not serve search yet; start it without "
-            "--index, and query the index with: python utils/search.py query PHOTO --index "
-            f"{settings.index}"
-        )
     configure_logging()
     predictor = load_predictor(settings.weights, settings.backend)
-    app = create_app(settings, predictor)
+    gallery = load_index(settings, predictor) if settings.index else None
+    app = create_app(settings, predictor, gallery)
     serve(
         app,
         host=settings.host,
@@ -179,6 +174,21 @@ def run(settings: ServiceSettings) -> int:
         drain_seconds=settings.drain_seconds,
     )
     return EXIT_OK
+
+
+def load_index(settings: ServiceSettings, predictor):
+    """The --index gallery, verified like `utils/search.py query` does (InputError if made with
+    other weights, of another embedding size, or damaged)."""
+    from imgclf.search.querying import verify_gallery
+    from imgclf.search.store import read_gallery
+    from imgclf.serve.service import weights_sha256
+
+    assert settings.index is not None
+    gallery = read_gallery(settings.index)
+    verify_gallery(
+        gallery, settings.index, weights_sha256(settings, predictor), settings.weights, predictor
+    )
+    return gallery
 
 
 def main(argv: list[str] | None = None, description: str | None = None) -> int:

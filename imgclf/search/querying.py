@@ -8,6 +8,7 @@ be read or decoded is a result with an error; the others are still answered.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,9 +37,16 @@ def open_index(
     """The verified gallery and the model to embed queries with (the index's own by default)."""
     gallery = read_gallery(index)
     model = load_search_model(weights or gallery.meta["weights"], backend)
-    check_weights(gallery.meta, model.info.sha256, model.info.weights, Path(index))
-    check_dim(gallery.meta, model.predictor.embedding_size, Path(index))
+    verify_gallery(gallery, index, model.info.sha256, model.info.weights, model.predictor)
     return gallery, model
+
+
+def verify_gallery(
+    gallery: Gallery, index: str | Path, sha256: str, weights: str, predictor
+) -> None:
+    """Refuse (InputError) a gallery made with other weights or of another embedding size."""
+    check_weights(gallery.meta, sha256, weights, Path(index))
+    check_dim(gallery.meta, predictor.embedding_size, Path(index))
 
 
 def gallery_file(gallery: Gallery, row: int) -> str:
@@ -64,37 +72,12 @@ def query(
     settings = settings or EmbedderSettings(progress="embedding" if len(items) > 32 else None)
     embedded = embed_items(model.predictor, items, settings)
     ok = [i for i in range(len(items)) if i not in embedded.errors]
-    queries = embedded.embeddings[ok]
-    scores, rows = search(gallery.index, queries, k)
-    proto, proto_score = nearest_prototype(queries, gallery.prototypes)
-    model_classes = model.info.classes
-    answers: dict[int, dict[str, Any]] = {}
-    for n, i in enumerate(ok):
-        logits = embedded.logits[i]
-        best = int(np.argmax(logits))
-        shifted = np.exp(logits - logits.max())
-        answers[i] = {
-            "input": items[i].source,
-            "neighbours": [
-                {
-                    "rank": rank + 1,
-                    "id": gallery.items[row].id,
-                    "score": round(float(score), 6),
-                    "label": gallery.items[row].label,
-                    "path": gallery_file(gallery, row),
-                }
-                for rank, (row, score) in enumerate(zip(rows[n], scores[n], strict=True))
-                if row >= 0
-            ],
-            "prototype": {
-                "class": gallery.prototype_classes[int(proto[n])],
-                "score": round(float(proto_score[n]), 6),
-            },
-            "classifier": {
-                "class": model_classes[best],
-                "probability": round(float(shifted[best] / shifted.sum()), 6),
-            },
-        }
+    answered = answer_queries(
+        gallery, embedded.embeddings[ok], embedded.logits[ok], model.info.classes, k
+    )
+    answers = {
+        i: {"input": items[i].source, **answer} for i, answer in zip(ok, answered, strict=True)
+    }
     results = [
         answers.get(i) or {"input": items[i].source, "error": embedded.errors[i]}
         for i in range(len(items))
@@ -109,6 +92,45 @@ def query(
         "results": results,
     }
     return QueryResult(payload, len(embedded.errors))
+
+
+def answer_queries(
+    gallery: Gallery, queries: np.ndarray, logits: np.ndarray, classes: Sequence[str], k: int
+) -> list[dict[str, Any]]:
+    """Per unit query embedding: its k nearest items, nearest prototype and the classifier's
+    class (from `logits`), as `query --json` answers each input (also POST /search's)."""
+    if not len(queries):
+        return []
+    scores, rows = search(gallery.index, queries, k)
+    proto, proto_score = nearest_prototype(queries, gallery.prototypes)
+    answers = []
+    for n in range(len(queries)):
+        best = int(np.argmax(logits[n]))
+        shifted = np.exp(logits[n] - logits[n].max())
+        answers.append(
+            {
+                "neighbours": [
+                    {
+                        "rank": rank + 1,
+                        "id": gallery.items[row].id,
+                        "score": round(float(score), 6),
+                        "label": gallery.items[row].label,
+                        "path": gallery_file(gallery, row),
+                    }
+                    for rank, (row, score) in enumerate(zip(rows[n], scores[n], strict=True))
+                    if row >= 0
+                ],
+                "prototype": {
+                    "class": gallery.prototype_classes[int(proto[n])],
+                    "score": round(float(proto_score[n]), 6),
+                },
+                "classifier": {
+                    "class": classes[best],
+                    "probability": round(float(shifted[best] / shifted.sum()), 6),
+                },
+            }
+        )
+    return answers
 
 
 def format_query(payload: dict[str, Any]) -> str:

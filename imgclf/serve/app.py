@@ -20,9 +20,10 @@ from starlette.datastructures import UploadFile
 
 from imgclf import __version__
 from imgclf.model.predictor import Predictor
+from imgclf.search.store import Gallery
 from imgclf.serve.access_log import AccessLog
 from imgclf.serve.limits import BodyTooLarge, RequestLimits
-from imgclf.serve.schemas import Health, Info, PredictResponse, Problem
+from imgclf.serve.schemas import Health, Info, PredictResponse, Problem, SearchResponse
 from imgclf.serve.service import ImageInput, Service
 from imgclf.serve.settings import RETRY_AFTER_S, ServiceSettings
 
@@ -33,8 +34,8 @@ ENDPOINTS = frozenset(
 FILE_FIELD = "file"
 MAX_TOPK = 1000
 SEARCH_OFF = (
-    "POST /search is not served by this version of the service (its --index option is "
-    "refused); query an index with: python utils/search.py query PHOTO --index index/"
+    "POST /search needs a search index: build one with python utils/search.py build "
+    "--weights WEIGHTS --index index/, then start the service with --index index/"
 )
 
 
@@ -42,9 +43,9 @@ def _problem(description: str) -> dict:
     return {"description": description, "model": Problem}
 
 
-def _refused_or_failed(description: str) -> dict:
-    """A refusal (Problem), or the full answer when every image of it failed."""
-    return {"description": description, "model": Problem | PredictResponse}
+def _refused_or_failed(description: str, answer: type = PredictResponse) -> dict:
+    """A refusal (Problem), or the full `answer` when every image of it failed."""
+    return {"description": description, "model": Problem | answer}
 
 
 WORK_ERRORS = {
@@ -96,9 +97,12 @@ class RequestProblem(Exception):
         self.detail = detail
 
 
-def create_app(settings: ServiceSettings, predictor: Predictor) -> FastAPI:
-    """The app serving `predictor` with `settings` (the model is loaded by the caller)."""
-    service = Service(settings, predictor)
+def create_app(
+    settings: ServiceSettings, predictor: Predictor, gallery: Gallery | None = None
+) -> FastAPI:
+    """The app serving `predictor` (and /search over `gallery`, verified against it) with
+    `settings`; the model and the index are loaded by the caller."""
+    service = Service(settings, predictor, gallery)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -163,20 +167,41 @@ def create_app(settings: ServiceSettings, predictor: Predictor) -> FastAPI:
 
     @app.post(
         "/search",
+        response_model=SearchResponse,
         responses={
-            404: _problem("search is not served yet (use utils/search.py query)"),
-            422: _problem("a query parameter out of range"),
+            404: _problem("the service was started without --index"),
+            403: _problem("URL inputs are off (start with --allow-urls)"),
+            400: _problem("a multipart body that cannot be parsed"),
+            415: _refused_or_failed(
+                "not multipart or JSON; or no image is in a format we read", SearchResponse
+            ),
+            422: _refused_or_failed(
+                "no image or too many, k out of range; or no image could be embedded",
+                SearchResponse,
+            ),
             **WORK_ERRORS,
         },
-        openapi_extra={"requestBody": {"content": PREDICT_BODY["content"]}},
+        openapi_extra={"requestBody": PREDICT_BODY},
     )
     async def search(
-        k: int = Query(5, ge=1, le=MAX_TOPK, description="similar gallery images"),
-        timeout_ms: int | None = Query(None, ge=1, le=settings.deadline_ms),
+        request: Request,
+        k: int = Query(5, ge=1, le=MAX_TOPK, description="similar gallery images per image"),
+        timeout_ms: int | None = Query(
+            None,
+            ge=1,
+            le=settings.deadline_ms,
+            description="this request's deadline (default and maximum: --deadline-ms)",
+        ),
     ) -> JSONResponse:
-        """The k most similar gallery images and the nearest class prototype (--index)."""
-        del k, timeout_ms
-        return JSONResponse({"detail": SEARCH_OFF}, 404)
+        """The k most similar gallery images (id, path, label, cosine score) and the nearest
+        class prototype of each image, as `utils/search.py query --json` answers; only with
+        --index. Inputs and per-image errors as for /predict."""
+        del timeout_ms  # enforced by RequestLimits before the body is read
+        if service.gallery is None:
+            return JSONResponse({"detail": SEARCH_OFF}, 404)
+        images = await _request_images(request, service)
+        answer = await service.search(images, k)
+        return JSONResponse(answer.payload, answer.status)
 
     @app.get("/health/live", response_model=Health)
     async def live() -> dict:
@@ -316,6 +341,19 @@ def _package_version(name: str) -> str:
         return "not installed"
 
 
+def _search_index(service: Service) -> dict | None:
+    gallery = service.gallery
+    if gallery is None:
+        return None
+    return {
+        "path": service.settings.index,
+        "items": len(gallery.items),
+        "dim": gallery.dim,
+        "kind": gallery.meta.get("index", {}).get("kind", "exact"),
+        "prototype_classes": gallery.prototype_classes,
+    }
+
+
 def _info(service: Service) -> dict:
     spec, settings = service.predictor.spec, service.settings
     return {
@@ -325,7 +363,8 @@ def _info(service: Service) -> dict:
         "weights": service.predictor.source,
         "weights_sha256": service.weights_sha256,
         "backend": service.predictor.backend,
-        "search": False,
+        "search": service.gallery is not None,
+        "search_index": _search_index(service),
         "limits": {
             "max_batch_size": settings.max_batch_size,
             "max_wait_ms": settings.max_wait_ms,

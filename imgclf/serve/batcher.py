@@ -57,7 +57,10 @@ class Scored:
 
 
 class MicroBatcher:
-    """`await score(tensor)` → Scored; batches of at most `max_batch_size` images."""
+    """`await score(tensor)` → Scored; batches of at most `max_batch_size` images.
+
+    `run_batch` maps a stacked batch (B, 3, H, W) to one row per image: class probabilities
+    for /predict, logits and unit embedding side by side for /search."""
 
     def __init__(
         self,
@@ -66,6 +69,7 @@ class MicroBatcher:
         max_batch_size: int,
         max_wait_ms: float,
         metrics: ServiceMetrics,
+        engine: ThreadPoolExecutor | None = None,
     ) -> None:
         self.run_batch = run_batch
         self.max_batch_size = max_batch_size
@@ -77,7 +81,8 @@ class MicroBatcher:
         self._task: asyncio.Task | None = None
         # One engine thread: engine calls never overlap (each already uses every core). torch's
         # thread count is per thread: the engine gets the process's, the decoders one each.
-        self._engine = ThreadPoolExecutor(
+        # A second batcher (the search's embeddings) shares the first one's `engine` thread.
+        self.engine = engine or ThreadPoolExecutor(
             1,
             thread_name_prefix="imgclf-engine",
             initializer=torch.set_num_threads,
@@ -95,7 +100,7 @@ class MicroBatcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        self._engine.shutdown(wait=True)
+        self.engine.shutdown(wait=True)
 
     @contextlib.contextmanager
     def expect(self, count: int) -> Iterator[Expected]:
@@ -116,7 +121,7 @@ class MicroBatcher:
 
     def run_in_engine(self, function: Callable, *args) -> asyncio.Future:
         """Run `function(*args)` on the engine thread (warm-up calls)."""
-        return asyncio.get_running_loop().run_in_executor(self._engine, function, *args)
+        return asyncio.get_running_loop().run_in_executor(self.engine, function, *args)
 
     async def score(self, tensor: torch.Tensor) -> Scored:
         """Queue one preprocessed image (3, H, W) and wait for its probabilities."""
@@ -156,7 +161,7 @@ class MicroBatcher:
         start = time.perf_counter()
         try:
             probabilities = await asyncio.get_running_loop().run_in_executor(
-                self._engine, self.run_batch, stacked
+                self.engine, self.run_batch, stacked
             )
         except Exception as error:  # the engine failed: these requests fail, the service stays
             for waiting in batch:

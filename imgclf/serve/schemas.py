@@ -70,6 +70,14 @@ class Preprocessing(BaseModel):
     std: list[float]
 
 
+class SearchIndex(BaseModel):
+    path: str
+    items: int
+    dim: int
+    kind: str
+    prototype_classes: list[str]
+
+
 class Info(BaseModel):
     arch: str
     classes: list[str]
@@ -78,5 +86,44 @@ class Info(BaseModel):
     weights_sha256: str
     backend: str
     search: bool
+    search_index: SearchIndex | None = None
     limits: dict[str, float | int | bool]
     versions: dict[str, str]
+
+
+class Neighbour(BaseModel):
+    rank: int
+    id: int
+    score: float = Field(description="cosine similarity")
+    label: str
+    path: str
+
+
+class PrototypeMatch(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    class_: str = Field(alias="class")
+    score: float = Field(description="cosine similarity with the class prototype")
+
+
+class SearchResult(BaseModel):
+    """One image: its neighbours, nearest prototype and classifier class, or why it failed."""
+
+    input: str = Field(description="the uploaded file's name, or the URL")
+    neighbours: list[Neighbour] | None = None
+    prototype: PrototypeMatch | None = None
+    classifier: ClassProbability | None = None
+    error: str | None = Field(None, description="the reason word and its explanation")
+    reason: str | None = Field(None, description="the downloader's reason word, e.g. not_image")
+
+
+class SearchResponse(BaseModel):
+    """Per image `utils/search.py query --json`'s answer, plus the model's identity."""
+
+    arch: str
+    weights_sha256: str
+    index: str
+    gallery_items: int
+    k: int
+    failed: int
+    results: list[SearchResult]

@@ -23,6 +23,9 @@ from imgclf.model.predictor import Predictor
 from imgclf.model.spec import file_sha256
 from imgclf.predict.batches import Outcome, _warm_up_jpeg
 from imgclf.predict.prediction import _payload
+from imgclf.search.index import as_unit_float32
+from imgclf.search.querying import answer_queries
+from imgclf.search.store import Gallery
 from imgclf.serve.batcher import MicroBatcher
 from imgclf.serve.lifecycle import ServiceState
 from imgclf.serve.service_metrics import ServiceMetrics
@@ -64,13 +67,26 @@ class Answer:
     payload: dict[str, Any]
 
 
+def weights_sha256(settings: ServiceSettings, predictor: Predictor) -> str:
+    """The sha256 of the weights file served (an export records its weights file's)."""
+    return predictor.spec.source_sha256 or file_sha256(settings.weights)
+
+
+def _blank_batch(predictor: Predictor) -> torch.Tensor:
+    size = predictor.spec.preprocessing.img_size
+    return torch.zeros(1, 3, size, size)
+
+
 class Service:
     """The loaded model, the micro-batcher, the decoding threads and the URL fetcher."""
 
-    def __init__(self, settings: ServiceSettings, predictor: Predictor) -> None:
+    def __init__(
+        self, settings: ServiceSettings, predictor: Predictor, gallery: Gallery | None = None
+    ) -> None:
         self.settings = settings
         self.predictor = predictor
-        self.weights_sha256 = predictor.spec.source_sha256 or file_sha256(settings.weights)
+        self.gallery = gallery
+        self.weights_sha256 = weights_sha256(settings, predictor)
         self.state = ServiceState()
         self.metrics = ServiceMetrics()
         self.batcher = MicroBatcher(
@@ -78,6 +94,19 @@ class Service:
             max_batch_size=settings.max_batch_size,
             max_wait_ms=settings.max_wait_ms,
             metrics=self.metrics,
+        )
+        # /search's embeddings: batched apart from /predict's probabilities (another engine
+        # call), on the same engine thread.
+        self.embed_batcher = (
+            MicroBatcher(
+                self._embed_rows,
+                max_batch_size=settings.max_batch_size,
+                max_wait_ms=settings.max_wait_ms,
+                metrics=self.metrics,
+                engine=self.batcher.engine,
+            )
+            if gallery is not None
+            else None
         )
         # One torch thread per decoder: one small image is not worth splitting
         # (see imgclf.model.single_image.one_torch_thread).
@@ -93,6 +122,8 @@ class Service:
     async def start(self) -> None:
         """Start batching and fetching, and warm up in the background (ready afterwards)."""
         self.batcher.start()
+        if self.embed_batcher is not None:
+            self.embed_batcher.start()
         if self._fetcher is not None:
             await self._fetcher.__aenter__()
         self._warm_up_task = asyncio.get_running_loop().create_task(self._warm_up())
@@ -101,6 +132,8 @@ class Service:
         """Stop everything started by `start` (after the requests were drained)."""
         if self._warm_up_task is not None and not self._warm_up_task.done():
             self._warm_up_task.cancel()
+        if self.embed_batcher is not None:
+            await self.embed_batcher.stop()
         await self.batcher.stop()
         self._decoders.shutdown(wait=True)
         if self._fetcher is not None:
@@ -117,6 +150,8 @@ class Service:
         await asyncio.gather(*decodes)
         for size in range(1, self.settings.max_batch_size + 1):
             await self.batcher.run_in_engine(self.predictor.warm_up, size, WARM_UP_CALLS)
+        if self.embed_batcher is not None:
+            await self.batcher.run_in_engine(self._embed_rows, _blank_batch(self.predictor))
         self.state.warm_up_seconds = time.perf_counter() - start
         self.state.warmed_up = True
         logger.info(
@@ -162,6 +197,71 @@ class Service:
 
             done = await asyncio.gather(*(one(image) for image in images))
         return self._answer(images, done, topk, time.perf_counter() - start)
+
+    def _embed_rows(self, batch: torch.Tensor) -> np.ndarray:
+        """Per image its logits (K) then its unit embedding (D), as `query` computes them."""
+        logits, features = self.predictor.embed(batch)
+        return np.concatenate(
+            [np.asarray(logits, dtype=np.float32), as_unit_float32(features)], axis=1
+        )
+
+    async def search(self, images: list[ImageInput], k: int) -> Answer:
+        """The k nearest gallery items and the nearest prototype of every image (--index);
+        200 unless none of them could be embedded."""
+        assert self.gallery is not None and self.embed_batcher is not None, "no --index"
+        self.metrics.images.inc(len(images))
+        readable = sum(image.data is not None for image in images)
+        with self.embed_batcher.expect(readable) as expected:
+
+            async def one(image: ImageInput) -> ImageOutcome:
+                if image.data is None:
+                    return ImageOutcome(image.reason)
+                loop = asyncio.get_running_loop()
+                prepared = await loop.run_in_executor(
+                    self._decoders, prepare_image, self.predictor, image.data
+                )
+                expected.settle()
+                if prepared.tensor is None:
+                    return ImageOutcome(prepared.reason)
+                scored = await self.embed_batcher.score(prepared.tensor)
+                return ImageOutcome("", scored.probabilities)
+
+            done = await asyncio.gather(*(one(image) for image in images))
+        ok = [n for n, image in enumerate(done) if not image.reason]
+        rows = np.stack([done[n].probabilities for n in ok]) if ok else np.zeros((0, 0))
+        classes = len(self.predictor.classes)
+        # FAISS search off the event loop: an approximate index of millions takes a while.
+        answered = await asyncio.get_running_loop().run_in_executor(
+            self._decoders,
+            answer_queries,
+            self.gallery,
+            rows[:, classes:],
+            rows[:, :classes],
+            self.predictor.classes,
+            k,
+        )
+        answers = dict(zip(ok, answered, strict=True))
+        results = []
+        for n, (image, outcome) in enumerate(zip(images, done, strict=True)):
+            if outcome.reason:
+                self.metrics.images_failed.labels(outcome.reason).inc()
+                error = {"error": describe(outcome.reason), "reason": outcome.reason}
+                results.append({"input": image.name, **error})
+            else:
+                results.append({"input": image.name, **answers[n]})
+        failed = len(images) - len(ok)
+        payload = {
+            "arch": self.predictor.spec.arch,
+            "weights_sha256": self.weights_sha256,
+            "index": self.settings.index,
+            "gallery_items": len(self.gallery.items),
+            "k": k,
+            "failed": failed,
+            "results": results,
+        }
+        reasons = [outcome.reason for outcome in done if outcome.reason]
+        status = 200 if failed < len(images) else error_status(reasons)
+        return Answer(status, payload)
 
     def _answer(
         self, images: list[ImageInput], done: list[ImageOutcome], topk: int, seconds: float

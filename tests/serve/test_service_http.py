@@ -3,7 +3,8 @@ free loopback port), a real HTTP client, every endpoint and every error status.
 
 The service runs a mobilenet_v3_small whose head is fitted on the tiny generated shapes
 (tests/support/trained.py), with small limits so that each refusal is cheap to provoke:
-at most 4 images per request, 4 requests in progress, a 2 MB body cap.
+at most 4 images per request, 4 requests in progress, a 2 MB body cap; and /search over an
+index of the tiny folder built with the same weights before the service starts.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from imgclf.commands import search as search_command
 from tests.conftest import DEMO_DATA, ROOT
 from tests.serve.service_fixtures import (
     HOST,
@@ -38,10 +40,21 @@ BODY_CAP = 2_000_000
 
 
 @pytest.fixture(scope="module")
-def service(mobilenet_weights):
+def search_index(mobilenet_weights, tiny_root, tmp_path_factory) -> Path:
+    """`utils/search.py build` of the tiny folder with the service's weights."""
+    index = tmp_path_factory.mktemp("search") / "index"
+    arguments = ["build", "--weights", str(mobilenet_weights), "--data", str(tiny_root)]
+    assert search_command.main([*arguments, "--index", str(index), "--workers", "0"]) == 0
+    return index
+
+
+@pytest.fixture(scope="module")
+def service(mobilenet_weights, search_index):
     """The service every test of this module talks to."""
     with ServiceProcess(
         mobilenet_weights,
+        "--index",
+        str(search_index),
         "--max-images",
         str(MAX_IMAGES),
         "--max-queue",
@@ -237,7 +250,103 @@ def test_request_past_its_deadline_is_504(client):
     assert client.post("/predict", files=upload(("a.jpg", photo))).status_code == 200
 
 
-def test_health_info_and_search_without_index(client, mobilenet_weights):
+def test_search_answers_exactly_like_the_cli(client, photos, search_index, mobilenet_weights):
+    """The same neighbours (ids, paths, labels, scores), prototype and classifier class as
+    `utils/search.py query ... --json`, for one request holding several images."""
+    cli = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "utils" / "search.py"),
+            "query",
+            *map(str, photos),
+            "--index",
+            str(search_index),
+            "--k",
+            "3",
+            "--json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    expected = json.loads(cli.stdout)["results"]
+    answer = client.post(
+        "/search?k=3", files=upload(*((path.name, path.read_bytes()) for path in photos))
+    )
+    assert answer.status_code == 200, answer.text
+    payload = answer.json()
+    assert payload["weights_sha256"] == hashlib.sha256(mobilenet_weights.read_bytes()).hexdigest()
+    assert payload["gallery_items"] == 36 and payload["k"] == 3 and payload["failed"] == 0
+    assert [result["input"] for result in payload["results"]] == [path.name for path in photos]
+    for served, printed in zip(payload["results"], expected, strict=True):
+        assert len(served["neighbours"]) == 3
+        for key in ("rank", "id", "label", "path"):
+            assert [n[key] for n in served["neighbours"]] == [
+                n[key] for n in printed["neighbours"]
+            ]
+        np.testing.assert_allclose(
+            [n["score"] for n in served["neighbours"]],
+            [n["score"] for n in printed["neighbours"]],
+            atol=2e-6,
+            rtol=0,
+        )
+        assert served["prototype"]["class"] == printed["prototype"]["class"]
+        assert served["prototype"]["score"] == pytest.approx(
+            printed["prototype"]["score"], abs=2e-6
+        )
+        assert served["classifier"]["class"] == printed["classifier"]["class"]
+
+
+@pytest.mark.parametrize("k", ["0", "-1", "1001"])
+def test_search_k_out_of_bounds_is_422(client, photos, k):
+    answer = client.post(f"/search?k={k}", files=upload(("a.jpg", photos[0].read_bytes())))
+    assert answer.status_code == 422
+    assert answer.json()["detail"].startswith("k: ")
+
+
+def test_search_bad_image_is_a_per_image_error(client, photos):
+    good = photos[2].read_bytes()
+    alone = client.post("/search?k=2", files=upload(("good.jpg", good))).json()["results"][0]
+    answer = client.post(
+        "/search?k=2", files=upload(("good.jpg", good), ("notes.txt", b"just text"))
+    )
+    assert answer.status_code == 200
+    payload = answer.json()
+    assert payload["failed"] == 1
+    first, text = payload["results"]
+    assert first["neighbours"] == alone["neighbours"]
+    assert text["reason"] == "not_image" and text["error"].startswith("not_image: ")
+    only_bad = client.post("/search", files=upload(("notes.txt", b"just text")))
+    assert only_bad.status_code == 415
+    assert only_bad.json()["results"][0]["reason"] == "not_image"
+
+
+def test_an_index_of_other_weights_is_refused_at_start(fitted_weights, search_index):
+    started = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "utils" / "serve.py"),
+            "--weights",
+            str(fitted_weights),
+            "--index",
+            str(search_index),
+            "--port",
+            "0",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert started.returncode == 2
+    lines = [line for line in started.stderr.splitlines() if "Traceback" not in line]
+    refusal = [line for line in lines if "was built with" in line]
+    assert len(refusal) == 1 and "Traceback" not in started.stderr
+    assert str(search_index) in refusal[0] and "python utils/search.py build" in refusal[0]
+
+
+def test_health_and_info(client, mobilenet_weights, search_index):
     assert client.get("/health/live").json() == {"status": "alive"}
     assert client.get("/health/ready").json() == {"status": "ready"}
     info = client.get("/info").json()
@@ -248,9 +357,14 @@ def test_health_info_and_search_without_index(client, mobilenet_weights):
     assert info["weights_sha256"] == hashlib.sha256(mobilenet_weights.read_bytes()).hexdigest()
     assert info["limits"]["max_images"] == MAX_IMAGES
     assert {"torch", "fastapi", "uvicorn"} <= set(info["versions"])
-    search = client.post("/search?k=5", files=upload(("a.jpg", jpeg_bytes((40, 40)))))
-    assert search.status_code == 404
-    assert "utils/search.py query" in search.json()["detail"]
+    assert info["search"] is True
+    assert info["search_index"] == {
+        "path": str(search_index),
+        "items": 36,
+        "dim": info["search_index"]["dim"],
+        "kind": "exact",
+        "prototype_classes": ["circle", "square", "triangle"],
+    }
     assert client.get("/docs").status_code == 200
 
 
@@ -265,6 +379,12 @@ def test_metrics_count_requests_batches_and_failures(client, photos):
     )
     assert metric(client, "imgclf_images_failed_total", reason="not_image") == before_failed + 1
     assert metric(client, "imgclf_batch_size_count") == before_batches + 1
+    before_search = metric(client, "imgclf_requests_total", endpoint="/search", status="200")
+    assert client.post("/search", files=files).status_code == 200
+    assert metric(client, "imgclf_requests_total", endpoint="/search", status="200") == (
+        before_search + 1
+    )
+    assert metric(client, "imgclf_images_failed_total", reason="not_image") == before_failed + 2
     text = client.get("/metrics").text
     for name in (
         "imgclf_request_duration_seconds_bucket",
@@ -362,4 +482,6 @@ def test_the_documented_curl_commands(service, photos):
         text=True,
         check=True,
     )
-    assert "utils/search.py query" in json.loads(searched.stdout)["detail"]
+    neighbours = json.loads(searched.stdout)["results"][0]["neighbours"]
+    assert [n["rank"] for n in neighbours] == [1, 2, 3, 4, 5]
+    assert {n["label"] for n in neighbours} <= {"circle", "square", "triangle"}

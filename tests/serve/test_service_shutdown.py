@@ -1,5 +1,6 @@
 """SIGTERM during a request: the service drains (unready, new work refused, the request in
 progress answered), then exits 0. A short-lived service process of its own: the signal ends it.
+It runs without --index, so it also answers /search with how to enable it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ def test_sigterm_drains_requests_in_progress_then_exits_0(mobilenet_weights, tin
     ).encode()
     with ServiceProcess(mobilenet_weights, "--drain-seconds", "60") as service:
         client = httpx.Client(base_url=service.url(""), timeout=30)
+        # Started without --index: /search says how to enable it.
+        search = client.post("/search?k=5", files=upload((photo.name, photo.read_bytes())))
+        assert search.status_code == 404 and "--index index/" in search.json()["detail"]
+        assert client.get("/info").json()["search"] is False
         # A request in progress: its upload stops halfway until the drain has begun.
         in_progress = socket.create_connection((HOST, service.port))
         in_progress.sendall(head + body[: len(body) // 2])
