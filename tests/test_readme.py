@@ -230,6 +230,9 @@ COVERAGE: dict[str, str] = {
     "python utils/serve.py --weights weights/mobilenet_v3_small.pth --port 8000": (
         SERVE_TEST + "test_predict_answers_exactly_like_the_cli"
     ),
+    "python utils/serve.py --weights weights/mobilenet_v3_small.pth --index index/ --port 8000": (
+        SERVE_TEST + "test_search_answers_exactly_like_the_cli"
+    ),
     "curl -F file=@photo.jpg http://127.0.0.1:8000/predict": (
         SERVE_TEST + "test_the_documented_curl_commands"
     ),

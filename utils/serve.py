@@ -7,7 +7,8 @@
 
 Endpoints: POST /predict, POST /search, GET /health/live, /health/ready, /metrics, /info; the
 OpenAPI page is /docs. SIGTERM drains the requests in progress, then exits 0.
-Exit codes: 0 stopped by a signal after draining, 2 bad argument or weights file.
+Exit codes: 0 stopped by a signal after draining, 2 bad argument, weights file or --index
+folder (damaged, or built with other weights).
 """
 
 import sys
