@@ -173,12 +173,14 @@ class Service:
             for url, result in zip(urls, fetched, strict=True)
         ]
 
-    async def predict(self, images: list[ImageInput], topk: int) -> Answer:
-        """Classify every image; 200 unless none of them could be classified."""
-        start = time.perf_counter()
+    async def _through(
+        self, batcher: MicroBatcher, images: list[ImageInput]
+    ) -> list[ImageOutcome]:
+        """Decode every image off the event loop and score it through `batcher`, in order; an
+        image that cannot be read or decoded is an outcome with its reason, not an error."""
         self.metrics.images.inc(len(images))
         readable = sum(image.data is not None for image in images)
-        with self.batcher.expect(readable) as expected:
+        with batcher.expect(readable) as expected:
 
             async def one(image: ImageInput) -> ImageOutcome:
                 if image.data is None:
@@ -190,12 +192,17 @@ class Service:
                 expected.settle()
                 if prepared.tensor is None:
                     return ImageOutcome(prepared.reason)
-                scored = await self.batcher.score(prepared.tensor)
+                scored = await batcher.score(prepared.tensor)
                 return ImageOutcome(
                     "", scored.probabilities, prepared.preprocess_ms, scored.model_ms
                 )
 
-            done = await asyncio.gather(*(one(image) for image in images))
+            return list(await asyncio.gather(*(one(image) for image in images)))
+
+    async def predict(self, images: list[ImageInput], topk: int) -> Answer:
+        """Classify every image; 200 unless none of them could be classified."""
+        start = time.perf_counter()
+        done = await self._through(self.batcher, images)
         return self._answer(images, done, topk, time.perf_counter() - start)
 
     def _embed_rows(self, batch: torch.Tensor) -> np.ndarray:
@@ -209,24 +216,7 @@ class Service:
         """The k nearest gallery items and the nearest prototype of every image (--index);
         200 unless none of them could be embedded."""
         assert self.gallery is not None and self.embed_batcher is not None, "no --index"
-        self.metrics.images.inc(len(images))
-        readable = sum(image.data is not None for image in images)
-        with self.embed_batcher.expect(readable) as expected:
-
-            async def one(image: ImageInput) -> ImageOutcome:
-                if image.data is None:
-                    return ImageOutcome(image.reason)
-                loop = asyncio.get_running_loop()
-                prepared = await loop.run_in_executor(
-                    self._decoders, prepare_image, self.predictor, image.data
-                )
-                expected.settle()
-                if prepared.tensor is None:
-                    return ImageOutcome(prepared.reason)
-                scored = await self.embed_batcher.score(prepared.tensor)
-                return ImageOutcome("", scored.probabilities)
-
-            done = await asyncio.gather(*(one(image) for image in images))
+        done = await self._through(self.embed_batcher, images)
         ok = [n for n, image in enumerate(done) if not image.reason]
         rows = np.stack([done[n].probabilities for n in ok]) if ok else np.zeros((0, 0))
         classes = len(self.predictor.classes)
