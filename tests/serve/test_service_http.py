@@ -250,7 +250,9 @@ def test_request_past_its_deadline_is_504(client):
     assert client.post("/predict", files=upload(("a.jpg", photo))).status_code == 200
 
 
-def test_search_answers_exactly_like_the_cli(client, photos, search_index, mobilenet_weights):
+def test_search_answers_exactly_like_the_cli(
+    client, photos, search_index, mobilenet_weights, tmp_path
+):
     """The same neighbours (ids, paths, labels, scores), prototype and classifier class as
     `utils/search.py query ... --json`, for one request holding several images."""
     cli = subprocess.run(
@@ -264,6 +266,8 @@ def test_search_answers_exactly_like_the_cli(client, photos, search_index, mobil
             "--k",
             "3",
             "--json",
+            "--pictures",  # similar.png into the test's folder, not the checkout's pictures/
+            str(tmp_path),
         ],
         cwd=ROOT,
         capture_output=True,
