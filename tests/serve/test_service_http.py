@@ -81,27 +81,31 @@ def photos(tiny_root) -> list[Path]:
     return [tiny[0], tiny[-1], *sorted(DEMO_DATA.glob("*/*.jpg"))[:2]]
 
 
-def test_predict_answers_exactly_like_the_cli(client, photos, mobilenet_weights):
-    """Same classes in the same order and the same probabilities (to 1e-6) as
-    `utils/inference.py --predict --json`, for one request holding several images."""
+def _cli_results(script: str, *args: str) -> list[dict]:
+    """The `results` of `python utils/<script> ARGS` (a --json command), run from the checkout."""
     cli = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "utils" / "inference.py"),
-            "--weights",
-            str(mobilenet_weights),
-            "--predict",
-            *map(str, photos),
-            "--json",
-            "--topk",
-            "3",
-        ],
+        [sys.executable, str(ROOT / "utils" / script), *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         check=True,
     )
-    expected = json.loads(cli.stdout)["results"]
+    return json.loads(cli.stdout)["results"]
+
+
+def test_predict_answers_exactly_like_the_cli(client, photos, mobilenet_weights):
+    """Same classes in the same order and the same probabilities (to 1e-6) as
+    `utils/inference.py --predict --json`, for one request holding several images."""
+    expected = _cli_results(
+        "inference.py",
+        "--weights",
+        str(mobilenet_weights),
+        "--predict",
+        *map(str, photos),
+        "--json",
+        "--topk",
+        "3",
+    )
     answer = client.post(
         "/predict?topk=3", files=upload(*((path.name, path.read_bytes()) for path in photos))
     )
@@ -255,26 +259,18 @@ def test_search_answers_exactly_like_the_cli(
 ):
     """The same neighbours (ids, paths, labels, scores), prototype and classifier class as
     `utils/search.py query ... --json`, for one request holding several images."""
-    cli = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "utils" / "search.py"),
-            "query",
-            *map(str, photos),
-            "--index",
-            str(search_index),
-            "--k",
-            "3",
-            "--json",
-            "--pictures",  # similar.png into the test's folder, not the checkout's pictures/
-            str(tmp_path),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
+    expected = _cli_results(
+        "search.py",
+        "query",
+        *map(str, photos),
+        "--index",
+        str(search_index),
+        "--k",
+        "3",
+        "--json",
+        "--pictures",  # similar.png into the test's folder, not the checkout's pictures/
+        str(tmp_path),
     )
-    expected = json.loads(cli.stdout)["results"]
     answer = client.post(
         "/search?k=3", files=upload(*((path.name, path.read_bytes()) for path in photos))
     )
