@@ -29,14 +29,19 @@ class ImageLatency(BaseModel):
     model: float = Field(description="ms: this image's share of its batch's engine call")
 
 
-class ImageResult(BaseModel):
-    """One image: its top classes, or why it could not be classified."""
+class ImageAnswer(BaseModel):
+    """What every per-image answer says: which input, and why it failed (if it did)."""
 
     input: str = Field(description="the uploaded file's name, or the URL")
-    top: list[ClassProbability] | None = None
-    latency_ms: ImageLatency | None = None
     error: str | None = Field(None, description="the reason word and its explanation")
     reason: str | None = Field(None, description="the downloader's reason word, e.g. not_image")
+
+
+class ImageResult(ImageAnswer):
+    """One image: its top classes, or why it could not be classified."""
+
+    top: list[ClassProbability] | None = None
+    latency_ms: ImageLatency | None = None
 
 
 class LatencySummary(BaseModel):
@@ -106,15 +111,12 @@ class PrototypeMatch(BaseModel):
     score: float = Field(description="cosine similarity with the class prototype")
 
 
-class SearchResult(BaseModel):
+class SearchResult(ImageAnswer):
     """One image: its neighbours, nearest prototype and classifier class, or why it failed."""
 
-    input: str = Field(description="the uploaded file's name, or the URL")
     neighbours: list[Neighbour] | None = None
     prototype: PrototypeMatch | None = None
     classifier: ClassProbability | None = None
-    error: str | None = Field(None, description="the reason word and its explanation")
-    reason: str | None = Field(None, description="the downloader's reason word, e.g. not_image")
 
 
 class SearchResponse(BaseModel):
