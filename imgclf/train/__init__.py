@@ -1,7 +1,10 @@
-"""The training stage, and the Catalyst experiment folder (`args.expdir: imgclf/train`).
+"""The training stage: importing it registers the components and installs the Catalyst repairs.
 
-`catalyst-dl run` executes this file as a top-level module named "train", so it must only import
-(absolute imports; relative ones would fail), register, and install the Catalyst repairs.
+The configs set no `args.expdir` (a path Catalyst resolves against the current folder before
+any of our code runs, so `catalyst-dl run` would only work from the repository root): the
+runner's `_target_: imgclf.train.runner.ImageClassifierRunner` imports this package instead.
+Given as `--expdir imgclf/train`, Catalyst executes this file as a top-level module named
+"train", so it must only import (absolute imports; relative ones would fail) and register.
 Configs name every component by its fully qualified `_target_`, which distributed workers can
 rebuild without this registration; the short names registered here are for users' own configs.
 """

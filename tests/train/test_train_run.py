@@ -109,10 +109,19 @@ def test_run_leaves_weights_picture_logs_and_table(first_run, images):
         assert picture.format == "PNG" and picture.width > 500 and picture.height > 200
 
 
-def test_same_seed_gives_the_same_metrics_and_weights(first_run, images, tmp_path):
+def test_same_seed_from_another_folder_gives_the_same_metrics_and_weights(
+    first_run, images, tmp_path
+):
     workdir, _ = first_run
-    result = train(tmp_path, images)
-    assert result.returncode == 0, result.stderr[-3000:]
+    # Run outside the checkout, the configs given by absolute path: the relative paths in the
+    # config are relative to the current folder, and no `args.expdir` ties the run to the root.
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "images").symlink_to(images, target_is_directory=True)
+    relative = write_yaml(tmp_path / "tiny.yaml", tiny_overrides(Path(), Path("data/images")))
+    result = catalyst_run(CONFIGS / "config.yaml", relative, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert (tmp_path / "logs" / "finished.json").is_file() and (tmp_path / "cache").is_dir()
     assert history(tmp_path) == history(workdir)
     again = load_weights(tmp_path / "weights" / f"{ARCH}.pth")
     first = load_weights(workdir / "weights" / f"{ARCH}.pth")

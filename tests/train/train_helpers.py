@@ -61,11 +61,13 @@ def subprocess_environment() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
 
 
-def catalyst_run(*configs: Path, extra_args: tuple[str, ...] = (), timeout: int = 300):
-    """Run the real `catalyst-dl run --config ...` from the repository root."""
+def catalyst_run(
+    *configs: Path, extra_args: tuple[str, ...] = (), timeout: int = 300, cwd: Path = ROOT
+):
+    """Run the real `catalyst-dl run --config ...` in `cwd` (default: the repository root)."""
     return subprocess.run(
         [str(CATALYST_DL), "run", "--config", *map(str, configs), *extra_args],
-        cwd=ROOT,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
