@@ -9,13 +9,17 @@ a job leaves at once.
 A worker can die (the OOM killer, a decoder crash): the pool is then broken and every batch in it
 fails with `BrokenProcessPool`. `WorkerPool` starts a fresh pool; the items of the failed batches
 are retried once, each alone in a one-worker pool, so an innocent neighbour of the culprit is
-never blamed. An item that kills that worker as well is recorded as `worker_crashed`.
+never blamed. An item that kills that worker as well is recorded as `worker_crashed`, or as
+`validate_timeout` when the worker died at its time limit: a worker that hangs on an image is
+ended by its per-image timer (`ValidationOptions.timeout`, see `validator`), and alone in its
+pool the retried image's time is known, so a death at or after the limit was the timer's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -26,6 +30,7 @@ from imgclf.acquire.validator import ValidationOptions, Verdict, validate_batch
 Item = tuple[bytes, str, str, ValidationOptions]
 BatchFunction = Callable[[list[Item]], list[Verdict]]
 WORKER_CRASHED = "worker_crashed"
+VALIDATE_TIMEOUT = "validate_timeout"
 
 
 class WorkerPool:
@@ -147,12 +152,13 @@ class BatchedValidator:
             if future.done():
                 continue
             async with self._isolated:  # one item at a time: a crash names its culprit
+                started = time.monotonic()
                 pool, submitted = self.isolation.submit(self.run_batch, [item])
                 try:
                     verdict = (await asyncio.wrap_future(submitted))[0]
                 except BrokenProcessPool:
                     self.isolation.replace(pool)
-                    verdict = Verdict(WORKER_CRASHED)
+                    verdict = Verdict(death_reason(item, time.monotonic() - started))
                 except Exception as error:
                     if not future.done():
                         future.set_exception(error)
@@ -166,3 +172,9 @@ class BatchedValidator:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def death_reason(item: Item, seconds: float) -> str:
+    """Why the worker validating `item` alone died after `seconds`: its timer, or a crash."""
+    limit = item[3].timeout
+    return VALIDATE_TIMEOUT if 0 < limit <= seconds else WORKER_CRASHED

@@ -35,6 +35,8 @@ REASONS: dict[str, str] = {
     "corrupt": "the image does not decode completely (truncated or corrupt data)",
     "worker_crashed": "validating the image killed its worker process twice (decoder crash, "
     "out of memory); the run went on with a fresh worker",
+    "validate_timeout": "validating the image took longer than --validate-timeout seconds, "
+    "twice (a decoder stuck on hostile bytes); its worker was replaced and the run went on",
     "duplicate": "the same bytes were already stored for an earlier row (see duplicate_of)",
 }
 

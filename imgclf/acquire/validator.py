@@ -11,6 +11,10 @@ Order of checks, cheapest first, so hostile input costs little:
 Accepted bytes are staged as a temporary file next to their final name (the worker writes it, so
 the event loop never blocks on disk); with `resize` the staged file is a JPEG of the upright RGB
 image with the longer side at most `resize`.
+
+In a worker process each image has `timeout` seconds: a decoder that hostile bytes keep spinning
+in C never returns to Python, so no exception can stop it; a kernel timer (SIGALRM, left at its
+default action) ends the worker instead, and `batching` records the image as `validate_timeout`.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +52,8 @@ _UNSUPPORTED_SIGNATURES = (
     (0, b"8BPS"),  # Photoshop
 )
 ORPHAN_POLL_SECONDS = 0.5
+# True in a validation worker (`init_worker`), where the per-image timer may end the process.
+_time_limited = False
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,9 @@ class ValidationOptions:
     max_pixels: int = 50_000_000
     min_side: int = 32
     resize: int | None = None
+    # Seconds one image may take in a worker process (0: no limit); a 50-megapixel image
+    # decodes in about a second, so only a stuck decoder comes near it.
+    timeout: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -81,6 +91,10 @@ def init_worker() -> None:
     Image.MAX_IMAGE_PIXELS = None
     parent = os.getppid()
     threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
+    # The per-image timer kills the process (see the module docstring): workers only.
+    global _time_limited
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    _time_limited = hasattr(signal, "setitimer")
 
 
 def _exit_when_orphaned(parent: int) -> None:
@@ -111,9 +125,27 @@ def validate_and_stage(
     return dataclasses.replace(verdict, staged=str(staged))
 
 
-def validate_batch(items: list[tuple[bytes, str, str, ValidationOptions]]) -> list[Verdict]:
-    """`validate_and_stage` for several images: one inter-process round trip for all of them."""
-    return [validate_and_stage(*item) for item in items]
+def validate_batch(
+    items: list[tuple[bytes, str, str, ValidationOptions]],
+    validate: Callable[[bytes, str, str, ValidationOptions], Verdict] = validate_and_stage,
+) -> list[Verdict]:
+    """`validate` (`validate_and_stage`) for several images: one inter-process round trip for
+    all of them; in a worker, each image within its `timeout`."""
+    return [_within_time_limit(validate, item) for item in items]
+
+
+def _within_time_limit(
+    validate: Callable[[bytes, str, str, ValidationOptions], Verdict],
+    item: tuple[bytes, str, str, ValidationOptions],
+) -> Verdict:
+    seconds = item[3].timeout
+    if not (_time_limited and seconds > 0):
+        return validate(*item)
+    signal.setitimer(signal.ITIMER_REAL, seconds)  # at expiry SIGALRM ends this worker
+    try:
+        return validate(*item)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 def check_image(data: bytes, options: ValidationOptions) -> Verdict:

@@ -138,6 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="re-encode as JPEG with the longer side <= N; None keeps the original bytes",
     )
+    image.add_argument(
+        "--validate-timeout",
+        type=float,
+        default=checks.timeout,
+        metavar="SECONDS",
+        help="time one image may take to validate before its worker is replaced and the image "
+        "recorded as validate_timeout; 0: no limit (default: %(default)s)",
+    )
     run = parser.add_argument_group("run")
     run.add_argument(
         "--workers",
@@ -185,7 +193,14 @@ def options_from_args(args: argparse.Namespace) -> DownloadOptions:
         _require(getattr(args, name) >= 1, name, "at least 1")
     for name in ("connect_timeout", "timeout"):
         _require(getattr(args, name) > 0, name, "greater than 0")
-    for name in ("retries", "retry_delay", "max_retry_wait", "min_side", "max_shard_retries"):
+    for name in (
+        "retries",
+        "retry_delay",
+        "max_retry_wait",
+        "min_side",
+        "max_shard_retries",
+        "validate_timeout",
+    ):
         _require(getattr(args, name) >= 0, name, "0 or more")
     if args.resize is not None:
         _require(args.resize >= 1, "resize", "at least 1")
@@ -207,7 +222,9 @@ def options_from_args(args: argparse.Namespace) -> DownloadOptions:
         allowed_networks=tuple(args.allow_network),
         user_agent=args.user_agent or USER_AGENT,
     )
-    validation = ValidationOptions(args.max_pixels, args.min_side, args.resize)
+    validation = ValidationOptions(
+        args.max_pixels, args.min_side, args.resize, timeout=args.validate_timeout
+    )
     return DownloadOptions(
         out=args.out,
         urls=None if args.import_from else args.urls,

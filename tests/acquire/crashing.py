@@ -1,13 +1,16 @@
-"""A validation batch function whose worker really dies on one input (for the pool tests)."""
+"""Validation batch functions whose worker really dies, or really hangs, on one input (for the
+pool tests)."""
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 
-from imgclf.acquire.validator import Verdict, validate_batch
+from imgclf.acquire.validator import Verdict, validate_and_stage, validate_batch
 
 POISON = b"kill my worker"
+HANG = b"hang my worker"
 
 
 def validate_or_die(items):
@@ -17,4 +20,16 @@ def validate_or_die(items):
     return validate_batch(items)
 
 
-__all__ = ["POISON", "Verdict", "validate_or_die"]
+def validate_or_hang(items):
+    """`validate_batch`, except that validating bytes equal to HANG never returns (the way a
+    decoder spinning on hostile bytes would), inside the batch's per-image time limit."""
+    return validate_batch(items, validate=_hang_on_marker)
+
+
+def _hang_on_marker(data, directory, key, options):
+    while data == HANG:
+        time.sleep(3600)
+    return validate_and_stage(data, directory, key, options)
+
+
+__all__ = ["HANG", "POISON", "Verdict", "validate_or_die", "validate_or_hang"]

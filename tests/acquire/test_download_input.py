@@ -127,7 +127,7 @@ def test_help_lists_every_option_with_its_default():
     for option in ("--urls", "--out", "--import", "--concurrency", "--per-host", "--timeout",
                    "--connect-timeout", "--retries", "--max-bytes", "--max-pixels", "--min-side",
                    "--resize", "--retry-failed", "--ignore-opt-out", "--block-private", "--quiet",
-                   "--workers"):  # fmt: skip
+                   "--workers", "--validate-timeout"):  # fmt: skip
         assert option in text
     assert "(default: data/urls)" in text and "(default: data/images)" in text
     assert "(default: 20971520)" in text and "(default: 32)" in text

@@ -12,13 +12,16 @@ from functools import partial
 from pathlib import Path
 
 import psutil
+import pytest
 from aiohttp import web
 
-from imgclf.acquire.batching import WORKER_CRASHED, BatchedValidator, WorkerPool
+from imgclf.acquire.batching import VALIDATE_TIMEOUT, WORKER_CRASHED, BatchedValidator, WorkerPool
 from imgclf.acquire.pipeline import _start_workers
-from imgclf.acquire.validator import ValidationOptions
+from imgclf.acquire.validator import ValidationOptions, validate_batch
+from imgclf.commands.download import build_parser, options_from_args
+from imgclf.errors import InputError
 from tests.acquire import sample_images as images
-from tests.acquire.crashing import POISON, validate_or_die
+from tests.acquire.crashing import HANG, POISON, validate_or_die, validate_or_hang
 from tests.acquire.faults import read_rows, write_list
 from tests.support.loopback import LoopbackServer, respond
 
@@ -50,6 +53,57 @@ def test_an_input_that_kills_its_worker_twice_gets_a_reason_and_its_neighbours_p
     verdicts, later, restarts, isolated_restarts = asyncio.run(run())
     assert [verdict.reason for verdict in verdicts] == ["", WORKER_CRASHED, "", ""]
     assert later.reason == "" and restarts == 1 and isolated_restarts == 1
+
+
+def test_an_image_whose_validation_hangs_times_out_and_its_neighbours_pass(tmp_path):
+    good = [images.jpeg(seed=70 + index) for index in range(2)]
+    batch = [good[0], HANG, good[1]]
+    options = ValidationOptions(timeout=1.0)
+
+    async def run():
+        workers = WorkerPool(partial(_start_workers, 2))
+        isolation = WorkerPool(partial(_start_workers, 1))
+        validator = BatchedValidator(workers, isolation, run_batch=validate_or_hang)
+        try:
+            futures = [
+                validator.validate(data, str(tmp_path), f"k{index}", options)
+                for index, data in enumerate(batch)
+            ]
+            verdicts = await asyncio.wait_for(asyncio.gather(*futures), 120)
+            # The hung workers were replaced: the pools work again afterwards.
+            later = await validator.validate(good[1], str(tmp_path), "k9", options)
+            return verdicts, later, workers.restarts, isolation.restarts
+        finally:
+            workers.shutdown()
+            isolation.shutdown()
+
+    verdicts, later, restarts, isolated_restarts = asyncio.run(run())
+    assert [verdict.reason for verdict in verdicts] == ["", VALIDATE_TIMEOUT, ""]
+    assert all(Path(verdict.staged).is_file() for verdict in (verdicts[0], verdicts[2], later))
+    assert later.reason == "" and restarts == 1 and isolated_restarts == 1
+
+
+def test_the_time_limit_is_only_armed_in_worker_processes(tmp_path):
+    # In this (parent) process the timer would end the whole run, or take over a timer of the
+    # caller's (pytest-timeout's): validate_batch leaves the process's timer alone.
+    previous = signal.setitimer(signal.ITIMER_REAL, 1000)
+    try:
+        verdicts = validate_batch(
+            [(images.jpeg(seed=75), str(tmp_path), "k", ValidationOptions(timeout=0.001))]
+        )
+        remaining, _interval = signal.getitimer(signal.ITIMER_REAL)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, *previous)
+    assert verdicts[0].reason == "" and 900 < remaining <= 1000
+
+
+def test_validate_timeout_option_reaches_the_validation_and_is_checked():
+    parser = build_parser()
+    options = options_from_args(parser.parse_args(["--validate-timeout", "2.5"]))
+    assert options.validation.timeout == 2.5
+    assert options_from_args(parser.parse_args([])).validation.timeout == 60.0
+    with pytest.raises(InputError, match=r"^--validate-timeout must be 0 or more; "):
+        options_from_args(parser.parse_args(["--validate-timeout", "-1"]))
 
 
 def test_a_download_whose_workers_are_killed_completes(tmp_path):
