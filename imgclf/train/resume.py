@@ -121,8 +121,15 @@ def check_fresh_start(run_dir: Path) -> None:
 
 
 def mark_started(run_dir: Path) -> None:
-    """A fresh run begins: the logdir's checkpoints are no longer a finished run's."""
-    (run_dir / FINISHED_FILE).unlink(missing_ok=True)
+    """A fresh run begins: the logdir's checkpoints are no longer a finished run's.
+
+    The finished run's last checkpoint goes first: interrupted before its first epoch, the new
+    run would otherwise leave it looking like its own, to be refused over or resumed from.
+    """
+    finished = run_dir / FINISHED_FILE
+    if finished.is_file():
+        last_checkpoint(run_dir).unlink(missing_ok=True)
+    finished.unlink(missing_ok=True)
 
 
 def mark_finished(run_dir: Path, weights: Path) -> None:

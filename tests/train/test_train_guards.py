@@ -104,10 +104,13 @@ def test_fresh_start_over_an_interrupted_run_is_refused(tiny_image_folder, tmp_p
         f"{last}); continue it with the same command plus --resume {last} (or --autoresume "
         "last), or start a new run with --logdir <new folder> (or delete the folder)."
     )
-    # A finished run (its weights exported) may be started over; the new run un-marks it.
+    # A finished run (its weights exported) may be started over; the new run un-marks it and
+    # drops the finished run's last checkpoint, so that the new run, interrupted before its
+    # first epoch, can be started over again (and --autoresume finds nothing of the old run).
     (tmp_path / "logs" / FINISHED_FILE).write_text("{}")
     ImageClassifierRunner(config=config)
-    assert not (tmp_path / "logs" / FINISHED_FILE).exists()
+    assert not (tmp_path / "logs" / FINISHED_FILE).exists() and not last.exists()
+    ImageClassifierRunner(config=config)
 
 
 def test_unsupported_catalyst_is_one_sentence():
