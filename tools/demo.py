@@ -12,6 +12,10 @@ runs, in the project folder:
     catalyst-dl run --config configs/config.yaml configs/demo.yaml
     python utils/inference.py
 
+After an interrupted training (Ctrl-C, `kill`, a crash), the same command again keeps the URL
+list and the download and resumes the training (the command above plus `--autoresume last`);
+after a finished demo, or one stopped before its training, it starts over.
+
 Exit codes: 0 done, 2 bad argument or missing file, 130 interrupted, otherwise the failed
 command's own exit code.
 """
@@ -91,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(
         lambda: run_demo(parse_args(argv)),
         prog=PROG,
-        on_interrupt="the HTTP server is stopped; rerun `make demo` to start over.",
+        on_interrupt="the HTTP server is stopped; rerun the same `make demo` to go on (an "
+        "interrupted training resumes, an interrupted download starts over).",
     )
 
 

@@ -15,9 +15,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from imgclf.demo.resume import (
+    RESUME_ARGS,
+    interrupted_training,
+    mark_training_done,
+    mark_training_started,
+    training_plan,
+)
 from imgclf.demo.server import Planted, serve_folder
 from imgclf.demo.urls import (
     DemoUrl,
@@ -50,6 +57,16 @@ class DemoOptions:
     seed: int = 0
     extra_configs: tuple[Path, ...] = ()
 
+    def command_line(self) -> str:
+        """The options that decide the data and the training, as tools/demo.py takes them."""
+        words = ["--data", str(self.data), "--test-fraction", str(self.test_fraction)]
+        words += ["--seed", str(self.seed)]
+        if self.per_class is not None:
+            words += ["--per-class", str(self.per_class)]
+        for config in self.extra_configs:
+            words += ["--config", str(config)]
+        return shlex.join(words)
+
 
 @dataclass(frozen=True)
 class Step:
@@ -63,6 +80,11 @@ class Step:
     def command(self) -> str:
         """The command line exactly as a user types it."""
         return shlex.join(self.argv)
+
+    def resumed(self) -> Step:
+        """This training step plus `--autoresume last`: it goes on from the logdir's last
+        checkpoint (and starts afresh when no epoch had finished)."""
+        return replace(self, title=f"{self.title} (resumed)", argv=(*self.argv, *RESUME_ARGS))
 
 
 def pipeline_steps(extra_configs: Sequence[Path] = ()) -> list[Step]:
@@ -235,33 +257,48 @@ def plan_url_list(options: DemoOptions) -> tuple[list[DemoUrl], dict[str, Plante
 
 
 def run_demo(options: DemoOptions) -> int:
-    """Serve the bundled data, run download → train → evaluate; returns the exit code."""
+    """Serve the bundled data, run download → train → evaluate; returns the exit code.
+
+    After an interrupted training the download is kept and the training resumed (`resume`).
+    """
     start = time.perf_counter()
     steps = pipeline_steps(options.extra_configs)
     env = command_environment()
     check_prerequisites(options, steps, env)
     total = len(steps) + 1
-    timings: dict[str, float] = {}
+    ran: list[tuple[Step, float]] = []
 
     rows, planted, description = plan_url_list(options)
+    configs = [*CONFIGS, *options.extra_configs]
+    plan = training_plan(options.command_line(), rows, configs, options.workdir)
+    training, evaluation = steps[1:]
 
     try:
-        say(f"==> [1/{total}] Serving {options.data} on a throwaway HTTP server")
-        with serve_folder(options.data, planted) as base_url:
-            write_url_list(options.workdir / URL_LIST, rows, base_url)
-            say(f"    {base_url}/ serves {description}\n    URL list: {URL_LIST}")
-            clear_previous_download(options.workdir / IMAGES)
-            timings[steps[0].title] = run_step(2, total, steps[0], options, env)
-        say("    HTTP server stopped")
-        for number, step in enumerate(steps[1:], start=3):
-            timings[step.title] = run_step(number, total, step, options, env)
+        if interrupted_training(options.workdir, plan, IMAGES):
+            say(
+                f"==> [1/{total}] [2/{total}] Kept from the interrupted run: {URL_LIST} and "
+                f"{IMAGES}/ (a new download would rename the images and change the split)"
+            )
+            training = training.resumed()
+        else:
+            say(f"==> [1/{total}] Serving {options.data} on a throwaway HTTP server")
+            with serve_folder(options.data, planted) as base_url:
+                write_url_list(options.workdir / URL_LIST, rows, base_url)
+                say(f"    {base_url}/ serves {description}\n    URL list: {URL_LIST}")
+                clear_previous_download(options.workdir / IMAGES)
+                ran.append((steps[0], run_step(2, total, steps[0], options, env)))
+            say("    HTTP server stopped")
+        mark_training_started(options.workdir, plan)
+        ran.append((training, run_step(3, total, training, options, env)))
+        mark_training_done(options.workdir)
+        ran.append((evaluation, run_step(4, total, evaluation, options, env)))
     except StepFailed as failure:
         say(f"\ndemo stopped: {failure}")
         return failure.exit_code
 
     say(f"\nDemo finished in {format_seconds(time.perf_counter() - start)}:")
-    for step in steps:
-        say(f"  {format_seconds(timings[step.title]):>12}  {step.command}")
+    for step, seconds in ran:
+        say(f"  {format_seconds(seconds):>12}  {step.command}")
     outputs = [URL_LIST, IMAGES, *(path for step in steps for path in step.outputs)]
     say(f"Outputs in {options.workdir}: {', '.join(map(str, outputs))}")
     return 0

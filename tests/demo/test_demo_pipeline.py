@@ -20,7 +20,22 @@ from pathlib import Path
 import pytest
 import yaml
 
-from imgclf.demo.pipeline import IMAGES, URL_LIST, clear_previous_download, pipeline_steps
+from imgclf.demo.pipeline import (
+    CONFIGS,
+    IMAGES,
+    URL_LIST,
+    DemoOptions,
+    clear_previous_download,
+    pipeline_steps,
+    plan_url_list,
+)
+from imgclf.demo.resume import (
+    PENDING_TRAINING,
+    interrupted_training,
+    mark_training_done,
+    mark_training_started,
+    training_plan,
+)
 from imgclf.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -188,3 +203,83 @@ def test_make_demo_runs_the_whole_pipeline(tmp_path):
     assert metrics  # the evaluation's own tests check its fields; here: it ran on our split
     for picture in ("logs.png", "confusion_matrix.png", "confusion_matrix_normalized.png"):
         assert (workdir / "pictures" / picture).stat().st_size > 0
+
+
+def plan_for(workdir: Path, **options) -> dict:
+    """The training plan the demo would write in `workdir` for these options."""
+    demo = DemoOptions(workdir=workdir, **options)
+    rows, _planted, _description = plan_url_list(demo)
+    configs = [*CONFIGS, *demo.extra_configs]
+    return training_plan(demo.command_line(), rows, configs, workdir)
+
+
+def test_a_rerun_resumes_only_the_training_that_was_interrupted(tmp_path):
+    workdir = demo_workdir(tmp_path)
+    plan = plan_for(workdir, per_class=4)
+    assert plan["logdir"] == "logs/demo"  # configs/demo.yaml's args.logdir
+    assert not interrupted_training(workdir, plan, IMAGES)  # a first run
+    mark_training_started(workdir, plan)
+    (workdir / IMAGES).mkdir(parents=True)
+    (workdir / IMAGES / "manifest.csv").write_text("url,label\n")
+    assert interrupted_training(workdir, plan, IMAGES)
+    mark_training_done(workdir)
+    assert not interrupted_training(workdir, plan, IMAGES)  # a finished run: start over
+
+
+def test_a_rerun_with_other_options_or_without_the_download_is_refused(tmp_path):
+    workdir = demo_workdir(tmp_path)
+    mark_training_started(workdir, plan_for(workdir, per_class=4))
+    marker = workdir / PENDING_TRAINING
+    start_over = f"delete {marker} and {workdir}/logs/demo/ to start over."
+    with pytest.raises(InputError) as error:
+        interrupted_training(workdir, plan_for(workdir, per_class=5), IMAGES)
+    assert str(error.value) == (
+        f"{marker}: the interrupted demo training was started with other options (--data "
+        f"{ROOT}/data/demo/sign_language_digits --test-fraction 0.15 --seed 0 --per-class 4); "
+        f"rerun with those to resume it, or {start_over}"
+    )
+    with pytest.raises(InputError) as error:
+        interrupted_training(workdir, plan_for(workdir, per_class=4), IMAGES)
+    assert str(error.value) == (
+        f"{marker}: the download of the interrupted demo training ({workdir / IMAGES}/) is "
+        f"gone, so it can't be resumed on the same images; {start_over}"
+    )
+
+
+@pytest.mark.slow
+@needs_stages
+def test_rerun_after_an_interrupted_training_keeps_the_download_and_resumes(tmp_path):
+    workdir = demo_workdir(tmp_path)
+    quick = {**QUICK_CONFIG, "stages": {"train": {**QUICK_CONFIG["stages"]["train"]}}}
+    quick["stages"]["train"]["num_epochs"] = 2
+    # Ctrl-C inside the training, right after epoch 1's checkpoint (tests/train/train_helpers):
+    # a resumed run starts at epoch 2, so it does not fire again.
+    interrupt = {"_target_": "train_helpers.InterruptAfterEpoch", "epoch": 1}
+    quick["stages"]["train"]["callbacks"] = {"interrupt": interrupt}
+    config = tmp_path / "quick.yaml"
+    config.write_text(yaml.safe_dump(quick))
+    command = [*DEMO, "--workdir", str(workdir), "--per-class", "6", "--config", str(config)]
+    paths = [str(ROOT / "tests" / "train"), str(ROOT), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
+
+    stopped = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert stopped.returncode == 130, stopped.stdout[-3000:] + stopped.stderr[-3000:]
+    assert "demo stopped: step 3 (training mobilenet_v3_small) exited with code 130" in (
+        stopped.stdout
+    )
+    manifest = (workdir / IMAGES / "manifest.csv").read_bytes()
+    url_list = (workdir / URL_LIST).read_bytes()
+
+    resumed = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "$ python utils/download_data.py" not in resumed.stdout  # the download is kept
+    assert (workdir / IMAGES / "manifest.csv").read_bytes() == manifest
+    assert (workdir / URL_LIST).read_bytes() == url_list
+    training = pipeline_steps([config])[1].command
+    assert f"$ {training} --autoresume last" in resumed.stdout
+    assert "resumed from logs/demo/checkpoints/last_full.pth: stage 'train', epoch 1 of 2" in (
+        resumed.stdout
+    )
+    assert "Demo finished in" in resumed.stdout
+    assert (workdir / "reports" / "metrics.json").is_file()
+    assert not (workdir / PENDING_TRAINING).exists()  # a further rerun starts over
