@@ -25,7 +25,12 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from imgclf.acquire.validator import ValidationOptions, Verdict, validate_batch
+from imgclf.acquire.validator import (
+    ValidationOptions,
+    Verdict,
+    use_own_pixel_limit,
+    validate_batch,
+)
 
 Item = tuple[bytes, str, str, ValidationOptions]
 BatchFunction = Callable[[list[Item]], list[Verdict]]
@@ -73,6 +78,34 @@ class WorkerPool:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None
+
+
+class InlinePool(WorkerPool):
+    """Runs each submitted call at once in this process: for a process that already has a
+    core of its own (a Ray shard runner), where a round trip to a worker only costs CPU.
+
+    Nothing isolates a crash here: a decoder that kills the process kills its caller.
+    """
+
+    def __init__(self) -> None:
+        use_own_pixel_limit()
+        super().__init__(lambda: ProcessPoolExecutor(1))  # never called
+
+    def submit(
+        self, function: Callable[..., Any], *args: Any
+    ) -> tuple[ProcessPoolExecutor, Future]:
+        future: Future = Future()
+        try:
+            future.set_result(function(*args))
+        except Exception as error:
+            future.set_exception(error)
+        return self.pool, future  # type: ignore[return-value]
+
+    def replace(self, broken: ProcessPoolExecutor) -> None:
+        """Nothing to replace: no worker process can break."""
+
+    def shutdown(self) -> None:
+        """Nothing to stop."""
 
 
 class BatchedValidator:

@@ -1,14 +1,17 @@
-"""`--distributor ray`: the shards of `shards.py` run as Ray tasks, one task per shard.
+"""`--distributor ray`: the shards of `shards.py` run on long-lived Ray actors, one per task slot.
 
-The driver (this process) checks the list, connects to Ray (or starts a local cluster), checks
-that every node sees and can write `--out`, then cuts the list into shards lazily and keeps at
-most two tasks per task slot in flight, so its memory does not grow with the list. Each task runs
-today's fetch + validate pipeline on its shard (`shards.download_shard`) and commits it with a
-done marker. A task whose worker dies (killed, out of memory, node lost) or that raises is run
-again by Ray up to `max_shard_retries` times; it resumes from the shard's part manifest, so rows
-already committed are not fetched again. Shards that still fail are collected and reported; the
-merge into `<out>/manifest.csv` happens only once every shard is committed. Progress: tasks
-report their counts to a small actor, and one bar shows all shards.
+The driver (this process) checks the list, connects to Ray (or starts a local cluster), starts
+one shard runner per task slot (an actor holding a core for the whole run) while it checks that
+every node sees and can write `--out`, then cuts the list into shards lazily and keeps at most
+two shards per runner in flight, so its memory does not grow with the list. A runner runs one
+shard after another, each today's fetch + validate pipeline (`shards.download_shard`) committed
+with a done marker; it keeps its validation set-up across shards, so a shard costs tens of
+milliseconds on top of its rows. A runner whose process dies (killed, out of memory, node lost)
+is started again by Ray and its shards, like a shard that raised, are run again up to
+`max_shard_retries` times; they resume from their part manifests, so rows already committed are
+not fetched again. Shards that still fail are collected and reported; the merge into
+`<out>/manifest.csv` happens only once every shard is committed. Progress: runners report their
+counts to a small actor, and one bar shows all shards.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from tqdm import tqdm
 from imgclf.acquire.layout import remove_stale_temporaries
 from imgclf.acquire.lock import exclusive_output
 from imgclf.acquire.manifest import recover
-from imgclf.acquire.pipeline import DownloadOptions, own_files
+from imgclf.acquire.pipeline import DownloadOptions, ValidationPools, own_files
 from imgclf.acquire.reader import iter_url_rows, scan_urls
 from imgclf.acquire.reasons import FAILED
 from imgclf.acquire.shards import (
@@ -99,18 +102,43 @@ def run_distributed(options: DownloadOptions, ray_options: RayOptions) -> RunSta
     except InputError:
         check.undo()
         raise
+    runners: list[Any] = []
     try:
+        # Their processes start (and import this code) while the nodes are checked.
+        runners = _start_runners(ray_options)
         check.on_nodes()
         with exclusive_output(out):  # one download per --out, as on one machine
-            return _run_locked(options, ray_options, summary.rows, ignore, show, summary.folders)
+            return _run_locked(
+                options, ray_options, runners, summary.rows, ignore, show, summary.folders
+            )
     finally:
+        for runner in runners:  # also stops the shards they run (Ctrl-C, a failure)
+            ray.kill(runner)
         if started:
             ray.shutdown()
+
+
+def _start_runners(ray_options: RayOptions) -> list[Any]:
+    """One shard runner per task slot of the cluster, for the whole run.
+
+    A runner whose process dies is started again and its shards are run again on it (they
+    resume from their part manifests); a shard that raises is retried the same way.
+    """
+    slots = max(1, int(ray.cluster_resources().get("CPU", 1) / ray_options.task_cpus))
+    return [
+        _ShardRunner.options(  # type: ignore[attr-defined]
+            num_cpus=ray_options.task_cpus,
+            max_restarts=-1,
+            max_task_retries=ray_options.max_shard_retries,
+        ).remote()
+        for _ in range(slots)
+    ]
 
 
 def _run_locked(
     options: DownloadOptions,
     ray_options: RayOptions,
+    runners: list[Any],
     rows: int,
     ignore: frozenset[Path],
     show: bool,
@@ -125,7 +153,7 @@ def _run_locked(
         iter_url_rows(urls, ignore), ray_options.shard_size, out, previous, options.retry_failed
     )
     with _interrupt_on_sigterm():
-        count = _Driver(options, ray_options, stats, show).run(shards)
+        count = _Driver(options, ray_options, runners, stats, show).run(shards)
     if stats.interrupted:
         save_stats(out, stats)
         return stats
@@ -137,28 +165,30 @@ def _run_locked(
 
 
 class _Driver:
-    """Submits shard tasks, collects their results, draws the bar; Ctrl-C stops them all."""
+    """Hands the shard runners their shards (at most TASKS_PER_SLOT each at a time), collects
+    the results, draws the bar; Ctrl-C stops them all."""
 
     def __init__(
-        self, options: DownloadOptions, ray_options: RayOptions, stats: RunStats, show: bool
+        self,
+        options: DownloadOptions,
+        ray_options: RayOptions,
+        runners: list[Any],
+        stats: RunStats,
+        show: bool,
     ) -> None:
         self.options = options
         self.ray_options = ray_options
+        self.runners = runners
         self.stats = stats
         self.show = show
-        self.pending: dict[Any, Shard] = {}
+        self.pending: dict[Any, tuple[Shard, int]] = {}  # result -> (shard, runner)
         self.failures: list[tuple[Shard, str]] = []
-        slots = max(1, int(ray.cluster_resources().get("CPU", 1) / ray_options.task_cpus))
-        self.limit = TASKS_PER_SLOT * slots
 
     def run(self, shards: Iterator[Shard]) -> int:
         """Run every shard; returns how many there are. Raises ShardsFailed at the end."""
         board = _ProgressBoard.options(num_cpus=0).remote()  # type: ignore[attr-defined]
-        task = _download.options(  # type: ignore[attr-defined]
-            num_cpus=self.ray_options.task_cpus,
-            max_retries=self.ray_options.max_shard_retries,
-            retry_exceptions=True,
-        )
+        runners = self.runners
+        load = [0] * len(runners)  # shards handed to each runner and not collected yet
         bar = tqdm(
             total=self.stats.rows_total,
             unit="url",
@@ -170,7 +200,7 @@ class _Driver:
         count, exhausted = 0, False
         try:
             while True:
-                while not exhausted and len(self.pending) < self.limit:
+                while not exhausted and min(load) < TASKS_PER_SLOT:
                     shard = next(shards, None)
                     if shard is None:
                         exhausted = True
@@ -178,41 +208,45 @@ class _Driver:
                     count += 1
                     if shard.done:
                         count_done(done, _marker(self.options.out, shard))
-                    else:
-                        self.pending[task.remote(shard, self.options, board)] = shard
+                        continue
+                    runner = load.index(min(load))
+                    load[runner] += 1
+                    result = runners[runner].run.options(retry_exceptions=True)
+                    self.pending[result.remote(shard, self.options, board)] = (shard, runner)
                 if exhausted and not self.pending:
                     break
                 ready, _ = ray.wait(
                     list(self.pending), num_returns=len(self.pending), timeout=TICK_S
                 )
                 for ref in ready:
-                    self._collect(ref, done, board)
+                    load[self._collect(ref, done, board)] -= 1
                 self._draw(bar, done, board)
         except KeyboardInterrupt:
-            for ref in self.pending:
-                ray.cancel(ref, force=True)
             self._interrupted(done)
             return count
         finally:
             bar.close()
-            ray.kill(board)
+            for actor in (*runners, board):  # stopped before the lock of --out is let go
+                ray.kill(actor)
         if self.failures:
             raise ShardsFailed(self._failure_message())
         return count
 
-    def _collect(self, ref: Any, done: RunStats, board: Any) -> None:
-        shard = self.pending.pop(ref)
+    def _collect(self, ref: Any, done: RunStats, board: Any) -> int:
+        """Count a finished shard (or its failure); returns the runner it ran on."""
+        shard, runner = self.pending.pop(ref)
         board.forget.remote(shard.index)
         try:
             count_done(done, ray.get(ref))
         except RayError as error:
             self.failures.append((shard, _last_line(error)))
+        return runner
 
     def _draw(self, bar: tqdm, done: RunStats, board: Any) -> None:
         if not self.show:
             return
         running = ray.get(board.counts.remote())
-        shards = {shard.index for shard in self.pending.values()}
+        shards = {shard.index for shard, _runner in self.pending.values()}
         live = [counts for index, counts in running.items() if index in shards]
         rows = done.rows_done + sum(c[0] for c in live)
         failed = done.by_status[FAILED] + sum(c[1] for c in live)
@@ -239,14 +273,32 @@ class _Driver:
 
 
 @ray.remote
-def _download(shard: Shard, options: DownloadOptions, board: Any) -> dict[str, Any]:
-    """One shard on a Ray worker: the whole fetch + validate pipeline, then the done marker."""
+class _ShardRunner:
+    """One per task slot for the whole run: runs shards one after another, each the whole
+    fetch + validate pipeline and then its done marker.
 
-    def report(stats: RunStats) -> None:
-        counts = (stats.rows_done, stats.by_status[FAILED], stats.images_written)
-        board.update.remote(shard.index, counts)
+    Ray gives it a core of its own, so it validates in its own process, with no worker
+    process to start per shard or round trip per image. A runner started again after its
+    process died (possibly of a decoder crash) validates in a worker process instead, so that
+    a crashing image is recorded as `worker_crashed` rather than killing it again.
+    """
 
-    return download_shard(shard, options, report)
+    def __init__(self) -> None:
+        self.pools: ValidationPools | None = None
+
+    def run(self, shard: Shard, options: DownloadOptions, board: Any) -> dict[str, Any]:
+        if self.pools is None:
+            restarted = ray.get_runtime_context().was_current_actor_reconstructed
+            inline = not restarted
+            self.pools = (
+                ValidationPools.inline() if inline else ValidationPools.start(options.workers)
+            )
+
+        def report(stats: RunStats) -> None:
+            counts = (stats.rows_done, stats.by_status[FAILED], stats.images_written)
+            board.update.remote(shard.index, counts)
+
+        return download_shard(shard, options, report, self.pools)
 
 
 @ray.remote

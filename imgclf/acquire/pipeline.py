@@ -40,7 +40,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from imgclf.acquire.batching import BatchedValidator, WorkerPool
+from imgclf.acquire.batching import BatchedValidator, InlinePool, WorkerPool
 from imgclf.acquire.fetcher import Fetcher, FetchOptions, FetchResult
 from imgclf.acquire.importer import import_rows, iter_import, scan_import
 from imgclf.acquire.labels import safe_label
@@ -105,11 +105,48 @@ class _Outcome:
     reused: bool = False
 
 
-def run_download(options: DownloadOptions) -> RunStats:
+@dataclass
+class ValidationPools:
+    """The validation workers of a run, and the one-worker pool that isolates a crash.
+
+    A run starts its own and stops them at its end; a caller running many runs in one process
+    (a shard runner of `--distributor ray`) keeps one across them, so no run pays a start.
+    """
+
+    workers: WorkerPool
+    isolation: WorkerPool
+
+    @classmethod
+    def start(cls, workers: int) -> ValidationPools:
+        """`workers` processes, started now (before asyncio and tqdm start threads)."""
+        pools = cls(
+            WorkerPool(partial(_start_workers, workers)),
+            WorkerPool(partial(_start_workers, 1)),  # started only if a worker dies
+        )
+        pools.workers.submit(int)[1].result()
+        return pools
+
+    @classmethod
+    def inline(cls) -> ValidationPools:
+        """Validation in this very process (`InlinePool`): no worker, no crash isolation."""
+        return cls(InlinePool(), InlinePool())
+
+    @property
+    def restarts(self) -> int:
+        return self.workers.restarts + self.isolation.restarts
+
+    def shutdown(self) -> None:
+        """Stop every worker process."""
+        self.workers.shutdown()
+        self.isolation.shutdown()
+
+
+def run_download(options: DownloadOptions, pools: ValidationPools | None = None) -> RunStats:
     """Run a whole download or import; InputError before any work if the input is bad.
 
     Also InputError (one sentence) when `--out` cannot be written, is a file, overlaps the
-    import, or another run holds it.
+    import, or another run holds it. `pools`: validation workers to use (and leave running);
+    by default the run starts `options.workers` of its own.
     """
     summary, rows = _scan_input(options)
     out = options.out
@@ -121,7 +158,7 @@ def run_download(options: DownloadOptions) -> RunStats:
         # A second run into `out` stops here with one sentence (a shard locks its own folder;
         # its driver holds the lock of `out`).
         with exclusive_output(records):
-            return _run_locked(options, summary, rows)
+            return _run_locked(options, summary, rows, pools)
     except OSError as error:
         if error.errno not in UNWRITABLE:
             raise
@@ -145,7 +182,10 @@ def _scan_input(options: DownloadOptions) -> tuple[InputSummary, Callable[[], It
 
 
 def _run_locked(
-    options: DownloadOptions, summary: InputSummary, rows: Callable[[], Iterator[UrlRow]]
+    options: DownloadOptions,
+    summary: InputSummary,
+    rows: Callable[[], Iterator[UrlRow]],
+    pools: ValidationPools | None,
 ) -> RunStats:
     out = options.out
     records = options.records or out
@@ -154,20 +194,21 @@ def _run_locked(
         remove_stale_temporaries(out)
     previous = recover(records, rows)
     stats = RunStats(rows_total=summary.rows)
-    workers = WorkerPool(partial(_start_workers, options.workers))
-    workers.submit(int)[1].result()  # every worker runs before asyncio and tqdm start threads
-    isolation = WorkerPool(partial(_start_workers, 1))  # started only if a worker dies
+    own_pools = pools is None
+    if pools is None:
+        pools = ValidationPools.start(options.workers)
+    restarts = pools.restarts
     completed = False
     try:
-        run = _Run(options, summary, previous, workers, isolation, stats)
+        run = _Run(options, summary, previous, pools.workers, pools.isolation, stats)
         asyncio.run(run.main())
         # Only now, complete, the new manifest replaces the previous one (atomically).
         os.replace(records / PARTIAL_NAME, records / MANIFEST_NAME)
         completed = True
     finally:
-        stats.worker_restarts = workers.restarts + isolation.restarts
-        workers.shutdown()
-        isolation.shutdown()
+        stats.worker_restarts = pools.restarts - restarts
+        if own_pools:
+            pools.shutdown()
         # A failed run (disk full, ...) keeps its partial manifest for the rerun: no error here
         # may hide the one that stopped it.
         with contextlib.suppress(*(() if completed else (OSError,))):

@@ -51,7 +51,7 @@ from imgclf.acquire.manifest import (
     TextSink,
     read_manifest,
 )
-from imgclf.acquire.pipeline import DownloadOptions, run_download
+from imgclf.acquire.pipeline import DownloadOptions, ValidationPools, run_download
 from imgclf.acquire.reader import UrlRow
 from imgclf.acquire.reasons import DUPLICATE, FAILED, OK, STATUSES
 from imgclf.acquire.stats import RunStats
@@ -168,13 +168,17 @@ def _prepare(
 
 
 def download_shard(
-    shard: Shard, options: DownloadOptions, report: Callable[[RunStats], None] | None = None
+    shard: Shard,
+    options: DownloadOptions,
+    report: Callable[[RunStats], None] | None = None,
+    pools: ValidationPools | None = None,
 ) -> dict[str, Any]:
     """Run `run_download` on one shard (on a worker) and commit it; returns its done marker.
 
     `options` are the driver's (the whole run's); the shard reads its `input.csv`, writes its
-    part manifest, and its images into the shared label folders. Idempotent: a shard that is
-    already committed (a task retried after it finished) returns its marker untouched.
+    part manifest, and its images into the shared label folders; `pools` are the worker's
+    validation pools, kept across shards. Idempotent: a shard that is already committed (a task
+    retried after it finished) returns its marker untouched.
     """
     folder = shard_dir(options.out, shard.index)
     done = read_json(folder / DONE_NAME)
@@ -188,7 +192,7 @@ def download_shard(
         progress=False,
         report=report,
     )
-    stats = run_download(part)
+    stats = run_download(part, pools)
     if stats.interrupted:
         raise InterruptedError(f"shard {shard.index} was interrupted")
     marker = {

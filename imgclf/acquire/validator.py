@@ -88,13 +88,18 @@ def init_worker() -> None:
     it (it waits on a pipe whose writing end it inherited itself).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    Image.MAX_IMAGE_PIXELS = None
+    use_own_pixel_limit()
     parent = os.getppid()
     threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
     # The per-image timer kills the process (see the module docstring): workers only.
     global _time_limited
     signal.signal(signal.SIGALRM, signal.SIG_DFL)
     _time_limited = hasattr(signal, "setitimer")
+
+
+def use_own_pixel_limit() -> None:
+    """`ValidationOptions.max_pixels` is checked before decoding: Pillow's own limit is off."""
+    Image.MAX_IMAGE_PIXELS = None
 
 
 def _exit_when_orphaned(parent: int) -> None:
