@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="validation worker processes (default: one per core; with --distributor ray: "
-        "one per shard task)",
+        "1, which validates in each shard runner's own process)",
     )
     run.add_argument(
         "--quiet",

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -237,3 +242,69 @@ def test_a_node_that_does_not_see_the_output_folder_is_named(ray_cluster, tmp_pa
 
     problem = ray.get(_probe.remote(str(tmp_path), ".probe-not-written-by-a-driver"))
     assert "does not see" in problem and str(tmp_path) in problem
+
+
+@pytest.mark.slow
+def test_a_cluster_started_with_ray_start_is_joined_by_auto_and_by_its_address(
+    server, mixed_list, tmp_path
+):
+    """A real `ray start --head` (its own temporary folder, loopback, one CPU), stopped by
+    ending its `--block` process; the driver joins it as on a cluster node: `--ray-address
+    auto` (which reads RAY_ADDRESS, as `ray start` tells users to set) and the address itself."""
+    one = reference_of(mixed_list, tmp_path / "one")
+    # Ray 2.60 clusters use token authentication; a driver joining one by address must turn
+    # it on (RAY_AUTH_MODE) and hold the cluster's token: this test's own, not ~/.ray's.
+    token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex}
+    with _ray_start_head(token) as address:
+        environment = {**os.environ, **token, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": address}
+        for name, given in (("auto", "auto"), ("address", address)):
+            out = tmp_path / name
+            command = [sys.executable, str(SCRIPT), "--urls", str(mixed_list), "--out", str(out)]
+            command += [*QUIET, *ray_args("--shard-size", "5", "--ray-address", given)]
+            done = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True)
+            assert done.returncode == 0, done.stderr.decode()
+            assert (out / "manifest.csv").read_bytes() == (one / "manifest.csv").read_bytes()
+            assert snapshot(out) == snapshot(one)
+
+
+@contextlib.contextmanager
+def _ray_start_head(token: dict[str, str]) -> Iterator[str]:
+    """`ray start --head --block` on 127.0.0.1 with a free port; yields its address."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    # Short: Ray's socket paths inside it must stay under the 107-byte limit.
+    temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+    ray = Path(sys.executable).with_name("ray")
+    command = [str(ray), "start", "--head", "--block", "--node-ip-address", "127.0.0.1"]
+    command += ["--port", str(port), "--num-cpus", "1", "--temp-dir", str(temp)]
+    command += ["--include-dashboard", "false", "--disable-usage-stats"]
+    environment = {**os.environ, **token, "PYTHONPATH": str(ROOT)}
+    head = subprocess.Popen(
+        command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    address = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while not _answers(address):
+            assert head.poll() is None, "ray start --head exited"
+            assert time.monotonic() < deadline, "ray start --head did not come up"
+            time.sleep(0.2)
+        yield address
+    finally:
+        head.send_signal(signal.SIGTERM)  # --block: it stops the cluster's processes
+        try:
+            head.wait(60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+            head.wait()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _answers(address: str) -> bool:
+    host, port = address.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=1).close()
+    except OSError:
+        return False
+    return True
