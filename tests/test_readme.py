@@ -68,13 +68,16 @@ COVERAGE: dict[str, str] = {
         RAY_TEST + "test_ray_run_leaves_the_same_manifest_and_files_and_reruns_like_one"
     ),
     "python utils/download_data.py --urls list.csv --out /shared/images --distributor ray "
-    "--ray-address auto": RAY_TEST + "test_ctrl_c_of_the_driver_exits_130_and_a_rerun_completes",
+    "--ray-address auto": RAY_TEST
+    + "test_a_cluster_started_with_ray_start_is_joined_by_auto_and_by_its_address",
     # how the download benchmark table in docs/benchmarks.md was produced
     "flock /tmp/imgclf-cpu.lock .venv/bin/python benchmarks/download.py": "record",
-    "flock /tmp/imgclf-cpu.lock .venv/bin/python benchmarks/download.py --images 20000 "
-    "--skip-naive --ray --img2dataset /tmp/i2d/bin/img2dataset --driver-memory 100000 1000000": (
-        "record"
-    ),
+    "flock /tmp/imgclf-cpu.lock .venv/bin/python benchmarks/download.py --images 30000 "
+    "--skip-naive --ray --latency 0 --img2dataset /tmp/i2d/bin/img2dataset": "record",
+    "flock /tmp/imgclf-cpu.lock .venv/bin/python benchmarks/download.py --images 30000 "
+    "--skip-naive --ray --latency 0.05": "record",
+    "flock /tmp/imgclf-cpu.lock .venv/bin/python benchmarks/download.py --images 2000 "
+    "--skip-naive --latency 0 --driver-memory 100000 1000000": "record",
     # README.md and docs/training.md
     "catalyst-dl run --config configs/config.yaml": (
         TRAIN_TEST + "test_run_leaves_weights_picture_logs_and_table"

@@ -12,7 +12,7 @@
     stats      run statistics: `download_stats.json` and the printed summary
     pipeline   `run_download`: one run, reader → fetcher → validator → files + manifest
     shards     the list cut into shards, one `run_download` per shard, part manifests merged
-    distributed  `--distributor ray`: the shards as Ray tasks, retries, one progress bar
+    distributed  `--distributor ray`: shards on one runner actor per core, retries, one bar
 
 `imgclf.commands.download.main` is what `utils/download_data.py` calls.
 """

@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--distributor",
         choices=("local", "ray"),
         default="local",
-        help="local: this machine; ray: shards of the list as Ray tasks on a cluster",
+        help="local: this machine; ray: shards of the list on a Ray cluster, one runner per CPU",
     )
     cluster.add_argument(
         "--ray-address",
@@ -172,7 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="Ray cluster to join (host:port or auto); default: start one on this machine",
     )
     cluster.add_argument(
-        "--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="rows per Ray task"
+        "--shard-size",
+        type=int,
+        default=DEFAULT_SHARD_SIZE,
+        help="rows per shard (a runner commits each shard on its own)",
     )
     cluster.add_argument(
         "--max-shard-retries",
