@@ -280,8 +280,9 @@ class _ShardRunner:
     Ray gives it a core of its own, so with `--workers 1` (the default) it validates in its
     own process: no worker process to start, no round trip per image (1.4x the URLs/s of one
     worker process per runner, 2 cores, docs/benchmarks.md). A runner started again after its
-    process died (possibly of a decoder crash) validates in worker processes instead, so that
-    a crashing image is recorded as `worker_crashed` rather than killing it again.
+    process died (a decoder crash, or its own timer ending an image that hung) validates in
+    worker processes instead, so that such an image is recorded as `worker_crashed` or
+    `validate_timeout` rather than ending it again.
     `--workers N` > 1 gives every runner N worker processes, kept across its shards.
     """
 

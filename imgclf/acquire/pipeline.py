@@ -60,6 +60,7 @@ from imgclf.acquire.reasons import DUPLICATE, FAILED, OK, STATUSES
 from imgclf.acquire.stats import RunStats
 from imgclf.acquire.validator import (
     ValidationOptions,
+    end_process_on_hang,
     init_worker,
     stored_file_intact,
 )
@@ -128,7 +129,11 @@ class ValidationPools:
 
     @classmethod
     def inline(cls) -> ValidationPools:
-        """Validation in this very process (`InlinePool`): no worker, no crash isolation."""
+        """Validation in this very process (`InlinePool`): no worker, no crash isolation, and
+        an image that outlives its timeout ends this process. Only for a process that is
+        started again and retried when it dies (a Ray shard runner; its next life validates in
+        workers, which record such an image as `validate_timeout`)."""
+        end_process_on_hang()
         return cls(InlinePool(), InlinePool())
 
     @property

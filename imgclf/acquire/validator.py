@@ -91,9 +91,15 @@ def init_worker() -> None:
     use_own_pixel_limit()
     parent = os.getppid()
     threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
-    # The per-image timer kills the process (see the module docstring): workers only.
+    end_process_on_hang()
+
+
+def end_process_on_hang() -> None:
+    """From now on an image that outlives its `timeout` ends this process (see the module
+    docstring): for workers, and for a process validating in-line that is restarted and
+    retried when it dies (a Ray shard runner)."""
     global _time_limited
-    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)  # main thread only, as the timer's use
     _time_limited = hasattr(signal, "setitimer")
 
 

@@ -139,3 +139,27 @@ def test_a_download_whose_workers_are_killed_completes(tmp_path):
     assert [row["status"] for row in read_rows(out)] == ["ok"] * 31
     stats = json.loads((out / "download_stats.json").read_text())
     assert stats["worker_restarts"] >= 1
+
+
+def test_inline_validation_ends_its_process_when_an_image_outlives_its_timeout(tmp_path):
+    """A Ray shard runner validates in-line: a hung image must end it (Ray then restarts it and
+    retries the shard in worker processes), not stall the shard forever."""
+    code = (
+        "import sys\n"
+        "from imgclf.acquire.pipeline import ValidationPools\n"
+        "from imgclf.acquire.validator import ValidationOptions\n"
+        "from tests.acquire.crashing import HANG, validate_or_hang\n"
+        "pools = ValidationPools.inline()\n"
+        "options = ValidationOptions(timeout=0.5)\n"
+        "good = [(open(sys.argv[1], 'rb').read(), sys.argv[2], 'good', options)]\n"
+        "_pool, done = pools.workers.submit(validate_or_hang, good)\n"
+        "print(done.result()[0].reason == '', flush=True)\n"
+        "pools.workers.submit(validate_or_hang, [(HANG, sys.argv[2], 'hung', options)])\n"
+        "print('not reached', flush=True)\n"
+    )
+    image = tmp_path / "good.jpg"
+    image.write_bytes(images.jpeg(seed=80))
+    command = [sys.executable, "-c", code, str(image), str(tmp_path)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, timeout=60)
+    assert done.returncode == -signal.SIGALRM, done.stderr.decode()
+    assert done.stdout.decode().split() == ["True"]
