@@ -74,6 +74,11 @@ def parse_args(argv: list[str] | None = None, description: str | None = None):
     query.add_argument("--k", type=int, default=5, help="neighbours per query (default: 5)")
     query.add_argument("--json", action="store_true", help="print the results as JSON")
     query.add_argument(
+        "--verify",
+        action="store_true",
+        help="also check every index file's sha256 (default: sizes only; build checks all)",
+    )
+    query.add_argument(
         "--weights", help="model to embed the queries with (default: the index's own)"
     )
     query.add_argument(
@@ -151,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
             weights=args.weights,
             backend=args.backend,
             settings=settings,
+            verify=args.verify,
         )
         print(
             json.dumps(result.payload, indent=2)
