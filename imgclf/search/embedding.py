@@ -31,7 +31,7 @@ from imgclf.search.gallery import Embedded
 from imgclf.search.index import as_unit_float32
 
 # Images per engine call for `build`: at 64 px eager torch runs batches of 128 faster than
-# batches of 32 (1.2-1.5x, docs/benchmarks.md, Search); a few hundred small tensors in memory.
+# batches of 32 (1.1-2.1x in three runs, docs/benchmarks.md, Search).
 BUILD_BATCH_SIZE = 128
 
 
