@@ -44,8 +44,9 @@ same weights at another input size, where the model dominates), rows interleaved
                   target (>= 0.9);
   naive           what a user would write: PIL, torchvision's classic transforms, the model
                   per batch of the same size, in one process;
-  bound           1 / (1/ceiling + 1/floor): model and floor on the same cores with perfect
-                  overlap, the most any pipeline that keeps these pixels can reach;
+  estimate        1 / (1/ceiling + 1/floor): model and floor on the same cores with perfect
+                  overlap, at the ceiling's efficiency (a model on fewer threads per core can
+                  do a little better);
 and each fixed step's microseconds per image on one core.
 """
 
@@ -312,7 +313,7 @@ def build_rows(weights: Path, data: Path, batch: int, repeats: int) -> None:
     bound = 1 / (1 / ceiling + 1 / floor_all)
     built = float(np.median(rates[list(rows)[5]]))
     print(
-        f"  bound: model and floor sharing the cores, 1 / (1/ceiling + 1/floor) = {bound:.0f} "
+        f"  estimate: model and floor sharing the cores, 1 / (1/ceiling + 1/floor) = {bound:.0f} "
         f"images/s = {bound / ceiling:.2f}x ceiling; build reaches {built / bound:.2f}x of it"
     )
     print(
