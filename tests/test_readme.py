@@ -208,7 +208,8 @@ COVERAGE: dict[str, str] = {
     "--index index/fewshot": "record",
     "python utils/search.py evaluate --index index/fewshot --data data/demo/sign_language_digits "
     "--out reports/fewshot --pictures reports/fewshot": "record",
-    "flock /tmp/imgclf-cpu.lock .venv/bin/python benchmarks/search.py": "record",
+    "flock /tmp/imgclf-cpu.lock .venv/bin/python benchmarks/search.py --part synthetic": "record",
+    "flock /tmp/imgclf-cpu.lock .venv/bin/python benchmarks/search.py --part build": "record",
     # docs/docker.md: build arguments, the CA bundle, the demo over a mounted folder, podman
     "docker/build.sh --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu": (
         DOCKER_TEST + "test_build_passes_options_and_takes_the_image_name_from_the_environment"

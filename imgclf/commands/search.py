@@ -26,8 +26,18 @@ def _common(parser: argparse.ArgumentParser) -> None:
         choices=("torch", "torchscript", "onnxruntime"),
         help="inference engine (default: torch for a .pth, else the exported file's own)",
     )
-    add("--batch-size", type=int, default=32, metavar="N", help="images per model call (32)")
-    add("--workers", type=int, metavar="N", help="image loading processes (default: per core)")
+    add(
+        "--batch-size",
+        type=int,
+        metavar="N",
+        help="images per model call (default: 128 for build, else 32)",
+    )
+    add(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="image loading processes (default: half the cores, at most 4)",
+    )
     add(
         "--allow-private-urls",
         action="store_true",
@@ -64,6 +74,11 @@ def parse_args(argv: list[str] | None = None, description: str | None = None):
     query.add_argument("--k", type=int, default=5, help="neighbours per query (default: 5)")
     query.add_argument("--json", action="store_true", help="print the results as JSON")
     query.add_argument(
+        "--verify",
+        action="store_true",
+        help="also check every index file's sha256 (default: sizes only; build checks all)",
+    )
+    query.add_argument(
         "--weights", help="model to embed the queries with (default: the index's own)"
     )
     query.add_argument(
@@ -90,7 +105,8 @@ def parse_args(argv: list[str] | None = None, description: str | None = None):
         _common(sub)
     args = parser.parse_args(argv)
     for name in ("batch_size", "k", "knn", "bootstrap"):
-        if getattr(args, name, 1) < 1:
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.workers is not None and args.workers < 0:
         parser.error("--workers must be 0 (load in the main process) or more")
@@ -105,10 +121,12 @@ def _failures(failed: list[tuple[str, str]]) -> None:
 def run(args: argparse.Namespace) -> int:
     """Do what `args` ask and print the result; returns the exit code."""
     # Heavy imports after parsing, so --help answers at once.
-    from imgclf.search.embedding import EmbedderSettings
+    from imgclf.predict.batches import DEFAULT_BATCH_SIZE
+    from imgclf.search.embedding import BUILD_BATCH_SIZE, EmbedderSettings
 
+    default_batch = BUILD_BATCH_SIZE if args.command == "build" else DEFAULT_BATCH_SIZE
     settings = EmbedderSettings(
-        batch_size=args.batch_size,
+        batch_size=args.batch_size or default_batch,
         workers=args.workers,
         block_private=not args.allow_private_urls,
     )
@@ -138,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
             weights=args.weights,
             backend=args.backend,
             settings=settings,
+            verify=args.verify,
         )
         print(
             json.dumps(result.payload, indent=2)

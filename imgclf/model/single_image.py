@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 import torch
 
@@ -18,23 +18,31 @@ from imgclf.model.preprocessing import EvalPreset
 
 
 @contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """torch's intra-op parallelism off inside the block, restored after.
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op thread count set to `threads` inside the block, restored after.
 
-    One image's decoding and preprocessing are too small to split (measured:
-    docs/benchmarks.md), and torch's OpenMP threads spin after parallel work, on the cores ONNX
-    Runtime's threads need next (see OnnxRuntimeEngine.single_image_session). torch's thread
-    count is process-wide: torch work in other Python threads meanwhile runs on one thread too.
+    torch's thread count is process-wide: torch work in other Python threads meanwhile runs on
+    `threads` too.
     """
-    threads = torch.get_num_threads()
-    if threads == 1:
+    before = torch.get_num_threads()
+    if threads == before:
         yield
         return
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     try:
         yield
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
+
+
+def one_torch_thread() -> AbstractContextManager[None]:
+    """torch's intra-op parallelism off inside the block, restored after (`torch_threads(1)`).
+
+    One image's decoding and preprocessing are too small to split (measured:
+    docs/benchmarks.md), and torch's OpenMP threads spin after parallel work, on the cores ONNX
+    Runtime's threads need next (see OnnxRuntimeEngine.single_image_session).
+    """
+    return torch_threads(1)
 
 
 class SingleImageInput:

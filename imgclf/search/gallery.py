@@ -10,7 +10,7 @@ one gets the next free id.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,7 +61,8 @@ class Embedded:
     errors: dict[int, str]
 
 
-Embed = Callable[[Sequence[str]], Embedded]
+# sources → (start, Embedded of sources[start:start + n]) batch after batch, in order.
+Embed = Callable[[Sequence[str]], Iterable[tuple[int, Embedded]]]
 
 
 @dataclass(frozen=True)
@@ -105,19 +106,33 @@ def embed_in_chunks(
     checkpoint: EmbeddingCheckpoint,
     chunk: int = CHUNK,
 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[tuple[str, str]]]:
-    """Embed `records` `chunk` at a time, saving each chunk before the next: sha256 → vectors,
-    and the (path, reason) of each failure."""
+    """Embed `records` in one stream, saving a checkpoint chunk whenever `chunk` embeddings
+    are ready (and the rest at the end): sha256 → vectors, and the (path, reason) of each
+    failure."""
     found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     failed: list[tuple[str, str]] = []
-    for start in range(0, len(records), chunk):
-        part = records[start : start + chunk]
-        out = embed([r.source for r in part])
-        good = [i for i in range(len(part)) if i not in out.errors]
-        failed += [(part[i].path, reason) for i, reason in sorted(out.errors.items())]
-        if good:
-            checkpoint.save([part[i].sha256 for i in good], out.embeddings[good], out.logits[good])
-        for i in good:
-            found[part[i].sha256] = (out.embeddings[i], out.logits[i])
+    pending: list[tuple[str, np.ndarray, np.ndarray]] = []
+
+    def save() -> None:
+        shas, embeddings, logits = zip(*pending, strict=True)
+        checkpoint.save(list(shas), np.stack(embeddings), np.stack(logits))
+        pending.clear()
+
+    if not records:
+        return found, failed
+    for start, part in embed([r.source for r in records]):
+        for row in range(len(part.embeddings)):
+            record = records[start + row]
+            if row in part.errors:
+                failed.append((record.path, part.errors[row]))
+                continue
+            vectors = (part.embeddings[row], part.logits[row])
+            found[record.sha256] = vectors
+            pending.append((record.sha256, *vectors))
+        if len(pending) >= chunk:
+            save()
+    if pending:
+        save()
     return found, failed
 
 

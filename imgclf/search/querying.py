@@ -32,10 +32,11 @@ class QueryResult:
 
 
 def open_index(
-    index: str | Path, weights: str | Path | None, backend: str | None
+    index: str | Path, weights: str | Path | None, backend: str | None, *, checksums: bool = True
 ) -> tuple[Gallery, SearchModel]:
-    """The verified gallery and the model to embed queries with (the index's own by default)."""
-    gallery = read_gallery(index)
+    """The verified gallery and the model to embed queries with (the index's own by default);
+    `checksums` False checks the files' sizes only (imgclf.search.store)."""
+    gallery = read_gallery(index, checksums=checksums)
     model = load_search_model(weights or gallery.meta["weights"], backend)
     verify_gallery(gallery, index, model.info.sha256, model.info.weights, model.predictor)
     return gallery, model
@@ -65,9 +66,11 @@ def query(
     weights: str | Path | None = None,
     backend: str | None = None,
     settings: EmbedderSettings | None = None,
+    verify: bool = False,
 ) -> QueryResult:
-    """Answer every input with its k nearest items, the nearest prototype and the classifier."""
-    gallery, model = open_index(index, weights, backend)
+    """Answer every input with its k nearest items, the nearest prototype and the classifier;
+    the index's files are checked by size, and by sha256 too with `verify`."""
+    gallery, model = open_index(index, weights, backend, checksums=verify)
     items = expand_inputs(inputs)
     settings = settings or EmbedderSettings(progress="embedding" if len(items) > 32 else None)
     embedded = embed_items(model.predictor, items, settings)

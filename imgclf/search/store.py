@@ -13,8 +13,13 @@ Layout of `index/`:
 
 A build writes a new generation folder, then meta.json naming it, then removes older ones. An
 interrupted build leaves the previous meta.json and its generation intact (a stray newer
-generation folder is removed by the next build). Reading checks every file's size and sha256
-against meta.json, so a truncated or corrupt file is refused with one sentence, never loaded.
+generation folder is removed by the next build). Reading checks every file's size against
+meta.json and meta.json's own checksum of that table, and by default every file's sha256, so a
+truncated or corrupt file is refused with one sentence, never loaded. `query` reads with sizes
+only (`checksums=False`): at a million items the sha256 pass costs seconds per query, and a
+truncated or missing file, a damaged meta.json and a file another program wrote are still
+refused; a same-size byte flip inside the arrays is caught by build, evaluate, add-class, the
+service's start, and `query --verify`.
 """
 
 from __future__ import annotations
@@ -94,6 +99,11 @@ def _items_csv(items: list[GalleryItem]) -> bytes:
     return buffer.getvalue().encode("utf-8")
 
 
+def _table_sha256(files: dict[str, Any]) -> str:
+    """The checksum of meta.json's file table, so the cheap read can trust its sizes."""
+    return _sha256(json.dumps(files, sort_keys=True).encode("utf-8"))
+
+
 def _generations(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("gen-*") if p.is_dir())
 
@@ -124,6 +134,7 @@ def write_gallery(folder: str | Path, gallery: Gallery) -> Path:
         "count": len(gallery.items),
         "prototype_classes": list(gallery.prototype_classes),
         "files": files,
+        "files_sha256": _table_sha256(files),
     }
     atomic_write_json(folder / META_NAME, meta)  # the commit point
     gallery.meta = meta
@@ -164,7 +175,7 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
     return meta
 
 
-def _read_checked(folder: Path, meta: dict[str, Any], name: str) -> bytes:
+def _read_checked(folder: Path, meta: dict[str, Any], name: str, checksums: bool) -> bytes:
     path = folder / str(meta.get("generation", "")) / name
     expected = meta.get("files", {}).get(name, {})
     try:
@@ -173,7 +184,9 @@ def _read_checked(folder: Path, meta: dict[str, Any], name: str) -> bytes:
         raise InputError(
             f"{path} is missing ({error.strerror}); {_rebuild_hint(folder)}"
         ) from error
-    if len(data) != expected.get("bytes") or _sha256(data) != expected.get("sha256"):
+    if len(data) != expected.get("bytes") or (
+        checksums and _sha256(data) != expected.get("sha256")
+    ):
         raise InputError(
             f"{path} is truncated or corrupt (its size or sha256 differs from {META_NAME}); "
             f"{_rebuild_hint(folder)}"
@@ -188,11 +201,20 @@ def _parse_items(data: bytes) -> list[GalleryItem]:
     ]
 
 
-def read_gallery(folder: str | Path) -> Gallery:
-    """Load and verify an index folder; any damage raises InputError naming the file."""
+def read_gallery(folder: str | Path, *, checksums: bool = True) -> Gallery:
+    """Load and verify an index folder; any damage raises InputError naming the file.
+
+    `checksums` False: check sizes (and meta.json's own checksum), not each file's sha256.
+    """
     folder = Path(folder)
     meta = read_meta(folder)
-    raw = {name: _read_checked(folder, meta, name) for name in FILES}
+    table = meta.get("files")
+    if "files_sha256" in meta and _table_sha256(table) != meta["files_sha256"]:
+        raise InputError(
+            f"{folder / META_NAME} is corrupt (its file table does not match its checksum); "
+            f"{_rebuild_hint(folder)}"
+        )
+    raw = {name: _read_checked(folder, meta, name, checksums) for name in FILES}
     try:
         items = _parse_items(raw["items.csv"])
         arrays = {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,18 +22,24 @@ def vector_of(data: bytes) -> np.ndarray:
 
 
 class FakeEmbed:
-    """Embeds files by their bytes; files starting with b"bad" fail; counts what it embedded;
-    `stop_after` calls raise KeyboardInterrupt (an interrupted build)."""
+    """Embeds files by their bytes, `batch` at a time, as a stream like the real embedder;
+    files starting with b"bad" fail; counts what it embedded; after `stop_after` batches it
+    raises KeyboardInterrupt (an interrupted build)."""
 
-    def __init__(self, stop_after: int | None = None) -> None:
+    def __init__(self, stop_after: int | None = None, batch: int = 4) -> None:
         self.sources: list[str] = []
         self.calls = 0
         self.stop_after = stop_after
+        self.batch = batch
 
-    def __call__(self, sources: Sequence[str]) -> Embedded:
-        if self.stop_after is not None and self.calls >= self.stop_after:
-            raise KeyboardInterrupt
-        self.calls += 1
+    def __call__(self, sources: Sequence[str]) -> Iterator[tuple[int, Embedded]]:
+        for start in range(0, len(sources), self.batch):
+            if self.stop_after is not None and self.calls >= self.stop_after:
+                raise KeyboardInterrupt
+            self.calls += 1
+            yield start, self._embed(sources[start : start + self.batch])
+
+    def _embed(self, sources: Sequence[str]) -> Embedded:
         self.sources += list(sources)
         embeddings = np.full((len(sources), DIM), np.nan, dtype=np.float32)
         logits = np.full((len(sources), 2), np.nan, dtype=np.float32)

@@ -235,6 +235,15 @@ def test_foreign_weights_damage_and_missing_index_exit_2_with_one_line(
     capsys.readouterr()
     assert cli.main(["query", image, "--index", str(damaged)]) == 2
     assert "is truncated or corrupt" in capsys.readouterr().err
+    # A same-size change passes the size check a query makes; --verify checks the sha256.
+    flipped = tmp_path / "flipped"
+    shutil.copytree(built, flipped)
+    embeddings = next(flipped.glob("gen-*")) / "embeddings.npy"
+    data = bytearray(embeddings.read_bytes())
+    data[-5] ^= 0x01
+    embeddings.write_bytes(bytes(data))
+    assert cli.main(["query", image, "--index", str(flipped), "--verify"]) == 2
+    assert "is truncated or corrupt" in capsys.readouterr().err
 
 
 def test_an_empty_data_folder_is_refused_and_writes_no_index(

@@ -90,6 +90,37 @@ def test_a_gallery_where_nothing_embeds_is_refused_and_nothing_written(tmp_path)
     assert not (tmp_path / "index" / "meta.json").exists()
 
 
+@pytest.mark.parametrize("damage", ["truncate", "delete", "table"])
+def test_the_cheap_read_of_a_query_refuses_a_truncated_file_or_a_changed_table(tmp_path, damage):
+    build_gallery(tmp_path / "index", write_files(tmp_path / "data", FILES), FakeEmbed(), MODEL)
+    generation = next((tmp_path / "index").glob("gen-*"))
+    target = generation / "embeddings.npy"
+    if damage == "truncate":
+        target.write_bytes(target.read_bytes()[:-4])
+    elif damage == "delete":
+        target.unlink()
+    else:  # a size edited to match a truncated file: the table's checksum no longer holds
+        target.write_bytes(target.read_bytes()[:-4])
+        meta_path = tmp_path / "index" / "meta.json"
+        meta = json.loads(meta_path.read_text())
+        meta["files"]["embeddings.npy"]["bytes"] -= 4
+        meta_path.write_text(json.dumps(meta))
+    with pytest.raises(InputError) as error:
+        read_gallery(tmp_path / "index", checksums=False)
+    assert "rebuild it with: python utils/search.py build" in str(error.value)
+
+
+def test_a_same_size_byte_flip_needs_the_checksums_to_be_caught(tmp_path):
+    build_gallery(tmp_path / "index", write_files(tmp_path / "data", FILES), FakeEmbed(), MODEL)
+    target = next((tmp_path / "index").glob("gen-*")) / "embeddings.npy"
+    data = bytearray(target.read_bytes())
+    data[-5] ^= 0x01  # the last embedding's last float: the file still parses
+    target.write_bytes(bytes(data))
+    assert len(read_gallery(tmp_path / "index", checksums=False).items) == 12
+    with pytest.raises(InputError, match="truncated or corrupt"):
+        read_gallery(tmp_path / "index")
+
+
 @pytest.mark.parametrize("damage", ["truncate", "flip", "delete", "meta"])
 def test_a_damaged_index_is_refused_with_one_sentence(tmp_path, damage):
     build_gallery(tmp_path / "index", write_files(tmp_path / "data", FILES), FakeEmbed(), MODEL)
