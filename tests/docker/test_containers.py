@@ -29,7 +29,8 @@ DOCKER = ROOT / "docker"
 DEMO_DATA = ROOT / "data" / "demo" / "sign_language_digits"
 # The demo's quick settings (tests/demo/test_demo_pipeline.py): one small epoch on tiny images.
 QUICK_CONFIG = {
-    "data": {"img_size": 32, "batch_size": 16, "num_workers": 0},
+    # min_epoch_images 0: one pass over the images, not the default's 1024 draws.
+    "data": {"img_size": 32, "batch_size": 16, "num_workers": 0, "min_epoch_images": 0},
     "stages": {"train": {"num_epochs": 1, "scheduler": {"warmup_epochs": 0}}},
 }
 # Any uid other than root's and the image user's: the folder's owner, whoever it is.

@@ -91,8 +91,8 @@ def test_run_leaves_weights_picture_logs_and_table(first_run, images):
     selected = torch.load(logdir / "checkpoints" / "selected.pth", map_location="cpu")
     for key, tensor in selected["model_state_dict"].items():
         assert torch.equal(weights.state_dict[key], tensor), key
-    assert selected["selection"]["rule"] == "smoothed_f1" and not selected["selection"]["ema"]
-    rule = "mean valid macro-F1 over 5 epochs"
+    assert selected["selection"]["rule"] == "smoothed_f1" and selected["selection"]["ema"]
+    rule = "mean valid macro-F1 over 5 epochs, EMA weights"
     assert weights.metrics["selection"] == rule and f"exported by     {rule}" in result.stdout
     assert weights.metrics["epoch"] == selected["global_epoch_step"]
 

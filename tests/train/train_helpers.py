@@ -28,6 +28,7 @@ def tiny_overrides(tmp_path: Path, images: Path, epochs: int = 1, **extra: Any) 
             "img_size": 32,
             "batch_size": 8,
             "num_workers": 0,
+            "min_epoch_images": 0,  # one pass per epoch: the default's 1024 draws take minutes
             "cache_dir": str(tmp_path / "cache"),
             "exclude_classes": [],  # configs/fewshot.yaml leaves out digits this folder lacks
         },
