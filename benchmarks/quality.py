@@ -3,6 +3,7 @@
     flock /tmp/imgclf-cpu.lock .venv/bin/python benchmarks/quality.py --setting low
     flock /tmp/imgclf-cpu.lock .venv/bin/python benchmarks/quality.py --setting full
     .venv/bin/python benchmarks/quality.py --setting low --config my.yaml --label mine
+    .venv/bin/python benchmarks/quality.py --setting low --epochs 25   # 400 steps, see below
 
 Each seed is one real `catalyst-dl run --config configs/config.yaml [--config ...]` on the
 bundled sign-language digits (data/demo/sign_language_digits), then `utils/inference.py` on the
@@ -19,6 +20,9 @@ data with a test part of your own. The seed sets the low-data sample, the valid 
 initialisation, the shuffling and the augmentation. Extra --config files are merged after the
 benchmark's own overrides' base (configs/config.yaml), then the overrides (data root, seed,
 logdir, outputs under --workdir) last. The table prints per-seed values, median and range.
+With the default `data.min_epoch_images: 1024` a low-data epoch is 16 steps of 64, so the
+default's 100 epochs are 1,600 steps; `--epochs 25` gives the 400 steps that one-pass epochs
+(the old default, 4 steps each) had in 100, for comparisons at equal training.
 """
 
 from __future__ import annotations

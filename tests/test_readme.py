@@ -143,6 +143,17 @@ COVERAGE: dict[str, str] = {
     # how the model quality table in docs/benchmarks.md was produced
     "flock /tmp/imgclf-cpu.lock .venv/bin/python benchmarks/quality.py --setting low": ("record"),
     "flock /tmp/imgclf-cpu.lock .venv/bin/python benchmarks/quality.py --setting full": ("record"),
+    "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/quality.py --setting low --epochs 25 "
+    "--label after": "record",
+    "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/quality.py --setting full --label after": (
+        "record"
+    ),
+    "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/quality.py --setting low --epochs 25 "
+    "--config noema.yaml --label noema": "record",
+    "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/quality.py --setting full --seeds 0 "
+    "--epochs 20 --config before.yaml --label t-before --workdir /tmp/q2b": "record",
+    "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/quality.py --setting full --seeds 0 "
+    "--epochs 20 --label t-after --workdir /tmp/q2a": "record",
     # how the inference benchmark table in docs/benchmarks.md was produced
     "flock /tmp/imgclf-cpu.lock .venv/bin/python benchmarks/inference.py": "record",
     # README.md, docs/development.md (make demo) and docs/docker.md
