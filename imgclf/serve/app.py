@@ -16,13 +16,13 @@ from importlib.metadata import PackageNotFoundError, version
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from starlette.datastructures import UploadFile
 
 from imgclf import __version__
 from imgclf.model.predictor import Predictor
 from imgclf.search.store import Gallery
 from imgclf.serve.access_log import AccessLog
-from imgclf.serve.limits import BodyTooLarge, RequestLimits
+from imgclf.serve.limits import RequestLimits
+from imgclf.serve.multipart import MultipartError, TooManyFiles, parse_multipart
 from imgclf.serve.schemas import Health, Info, PredictResponse, Problem, SearchResponse
 from imgclf.serve.service import ImageInput, Service
 from imgclf.serve.settings import RETRY_AFTER_S, ServiceSettings
@@ -266,35 +266,36 @@ async def _request_images(request: Request, service: Service) -> list[ImageInput
 
 
 async def _uploaded_images(request: Request, max_images: int) -> list[ImageInput]:
+    # The body is capped by RequestLimits while it is read (413), so it fits in memory.
+    body = await request.body()
     try:
         # Plain fields beyond a few are noise; files beyond the cap are answered below.
-        form = await request.form(max_files=max_images + 1, max_fields=16)
-    except BodyTooLarge:
-        raise
-    except Exception as error:  # malformed multipart: the parser's message names the problem
-        message = str(getattr(error, "detail", error))
-        if "Too many files" in message:
-            raise RequestProblem(422, _too_many(None, max_images)) from error
+        parts = parse_multipart(
+            request.headers["content-type"], body, max_files=max_images + 1, max_fields=16
+        )
+    except TooManyFiles as error:
+        raise RequestProblem(422, _too_many(None, max_images)) from error
+    except MultipartError as error:  # malformed multipart: the parser's message names it
         raise RequestProblem(
             400,
-            f"the multipart body cannot be read ({message}); send it as curl -F file=@photo.jpg "
+            f"the multipart body cannot be read ({error}); send it as curl -F file=@photo.jpg "
             "does",
         ) from error
-    parts = form.getlist(FILE_FIELD)
-    if not parts:
+    files = [part for part in parts if part.name == FILE_FIELD]
+    if not files:
         raise RequestProblem(
             422,
             f"no image in the request: send each image as a multipart part named "
             f"{FILE_FIELD!r} (curl -F file=@photo.jpg)",
         )
-    if len(parts) > max_images:
-        raise RequestProblem(422, _too_many(len(parts), max_images))
+    if len(files) > max_images:
+        raise RequestProblem(422, _too_many(len(files), max_images))
     images = []
-    for number, part in enumerate(parts, 1):
-        if isinstance(part, UploadFile):
-            images.append(ImageInput(part.filename or f"file {number}", await part.read()))
-        else:  # a plain form value: its text is the "image", which then fails as not_image
-            images.append(ImageInput(f"field {number}", part.encode()))
+    for number, part in enumerate(files, 1):
+        if part.filename is not None:
+            images.append(ImageInput(part.filename or f"file {number}", part.data))
+        else:  # a plain form value: its bytes are the "image", which then fails as not_image
+            images.append(ImageInput(f"field {number}", part.data))
     return images
 
 

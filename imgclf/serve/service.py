@@ -30,7 +30,7 @@ from imgclf.serve.batcher import MicroBatcher
 from imgclf.serve.lifecycle import ServiceState
 from imgclf.serve.service_metrics import ServiceMetrics
 from imgclf.serve.settings import ServiceSettings
-from imgclf.serve.uploads import describe, error_status, prepare_image
+from imgclf.serve.uploads import describe, error_status, prepare_image, prepared_inline
 from imgclf.serve.url_inputs import Fetched, fetch_all, url_fetcher
 
 logger = logging.getLogger("imgclf.serve")
@@ -94,6 +94,7 @@ class Service:
             max_batch_size=settings.max_batch_size,
             max_wait_ms=settings.max_wait_ms,
             metrics=self.metrics,
+            engine_threads=settings.threads_for_engine,
         )
         # /search's embeddings: batched apart from /predict's probabilities (another engine
         # call), on the same engine thread.
@@ -121,6 +122,9 @@ class Service:
 
     async def start(self) -> None:
         """Start batching and fetching, and warm up in the background (ready afterwards)."""
+        # Small images are prepared on the loop's thread (uploads.prepared_inline): one torch
+        # thread there, as in the decoding threads, so the engine keeps its cores.
+        torch.set_num_threads(1)
         self.batcher.start()
         if self.embed_batcher is not None:
             self.embed_batcher.start()
@@ -185,10 +189,12 @@ class Service:
             async def one(image: ImageInput) -> ImageOutcome:
                 if image.data is None:
                     return ImageOutcome(image.reason)
-                loop = asyncio.get_running_loop()
-                prepared = await loop.run_in_executor(
-                    self._decoders, prepare_image, self.predictor, image.data
-                )
+                if prepared_inline(image.data):
+                    prepared = prepare_image(self.predictor, image.data)
+                else:
+                    prepared = await asyncio.get_running_loop().run_in_executor(
+                        self._decoders, prepare_image, self.predictor, image.data
+                    )
                 expected.settle()
                 if prepared.tensor is None:
                     return ImageOutcome(prepared.reason)

@@ -16,7 +16,7 @@ import torch
 
 from imgclf.acquire.reasons import REASONS
 from imgclf.acquire.validator import ValidationOptions, check_image
-from imgclf.decoding import decode_rgb
+from imgclf.decoding import decode_rgb, jpeg_frame
 from imgclf.model.predictor import Predictor
 
 # The downloader's limits, except the smallest side: a 20-pixel thumbnail is refused as
@@ -24,6 +24,11 @@ from imgclf.model.predictor import Predictor
 VALIDATION = ValidationOptions(min_side=1)
 # Refusals meaning "this is not an image we read" (415); every other reason is 422.
 UNSUPPORTED_MEDIA = frozenset({"not_image", "unsupported_format"})
+# JPEGs up to this many pixels are prepared on the event loop itself: a 100x100 photo takes
+# about 0.4 ms, less than a hop to a decoding thread and back costs the loop and the GIL
+# (measured: docs/benchmarks.md, HTTP service). Larger images and other formats go to the
+# decoding threads, so one big upload never stalls the loop.
+INLINE_MAX_PIXELS = 256 * 256
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,12 @@ def describe(reason: str) -> str:
     """The reason word with its explanation, e.g. `not_image: the bytes are not an image ...`."""
     explanation = REASONS.get("http_<code>" if reason.startswith("http_") else reason)
     return f"{reason}: {explanation}" if explanation else reason
+
+
+def prepared_inline(data: bytes) -> bool:
+    """True for a JPEG small enough to prepare on the event loop (INLINE_MAX_PIXELS)."""
+    frame = jpeg_frame(data)
+    return frame is not None and frame[2] * frame[3] <= INLINE_MAX_PIXELS
 
 
 def prepare_image(predictor: Predictor, data: bytes) -> Prepared:
