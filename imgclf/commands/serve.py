@@ -92,6 +92,13 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
         help="image decoding threads (default: one per core, at most 4)",
     )
     add(
+        "--engine-threads",
+        type=int,
+        default=0,
+        metavar="N",
+        help="torch threads of the engine (eager, TorchScript) (default: cores - 1, at least 1)",
+    )
+    add(
         "--allow-urls",
         action="store_true",
         help='accept a JSON body {"urls": [...]}: fetched with the downloader\'s safeguards',
@@ -125,7 +132,7 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
         parser.error("--topk must be between 1 and 1000")
     if not 0 <= args.port <= 65535:
         parser.error("--port must be between 0 and 65535")
-    for name in ("max_wait_ms", "decode_threads", "drain_seconds"):
+    for name in ("max_wait_ms", "decode_threads", "engine_threads", "drain_seconds"):
         if getattr(args, name) < 0:
             parser.error(f"--{name.replace('_', '-')} must be 0 or more")
     if args.url_timeout <= 0:
@@ -146,6 +153,7 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
         deadline_ms=args.deadline_ms,
         topk=args.topk,
         decode_threads=args.decode_threads,
+        engine_threads=args.engine_threads,
         allow_urls=args.allow_urls,
         allow_private_urls=args.allow_private_urls,
         url_timeout_s=args.url_timeout,

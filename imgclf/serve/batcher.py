@@ -70,6 +70,7 @@ class MicroBatcher:
         max_wait_ms: float,
         metrics: ServiceMetrics,
         engine: ThreadPoolExecutor | None = None,
+        engine_threads: int | None = None,
     ) -> None:
         self.run_batch = run_batch
         self.max_batch_size = max_batch_size
@@ -79,14 +80,15 @@ class MicroBatcher:
         self._expected = 0
         self._arrived: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
-        # One engine thread: engine calls never overlap (each already uses every core). torch's
-        # thread count is per thread: the engine gets the process's, the decoders one each.
-        # A second batcher (the search's embeddings) shares the first one's `engine` thread.
+        # One engine thread: engine calls never overlap (each already uses its cores). torch's
+        # thread count is per thread: the engine gets `engine_threads` (default: the
+        # process's), the loop and the decoders one each. A second batcher (the search's
+        # embeddings) shares the first one's `engine` thread.
         self.engine = engine or ThreadPoolExecutor(
             1,
             thread_name_prefix="imgclf-engine",
             initializer=torch.set_num_threads,
-            initargs=(torch.get_num_threads(),),
+            initargs=(engine_threads or torch.get_num_threads(),),
         )
 
     def start(self) -> None:

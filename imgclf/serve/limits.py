@@ -111,11 +111,13 @@ class RequestLimits:
             await send(message)
 
         try:
-            await asyncio.wait_for(self.app(scope, capped_receive, tracked_send), timeout_ms / 1e3)
+            # asyncio.timeout, not wait_for: no extra task per request (wait_for makes one).
+            async with asyncio.timeout(timeout_ms / 1e3):
+                await self.app(scope, capped_receive, tracked_send)
         except BodyTooLarge:
             if not started:
                 await send_error(send, 413, _too_large(None, cap), {"Connection": "close"})
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if not started:
                 detail = (
                     f"the request took longer than its deadline of {timeout_ms} ms; retry "
