@@ -4,7 +4,8 @@ The bytes first pass the downloader's own checks (`acquire.validator.check_image
 from the bytes, pixel limit before decoding, a strict full decode), so the service refuses
 exactly what `utils/download_data.py` would refuse, with the same reason word. Accepted bytes are
 then decoded and preprocessed by the code `--predict` uses (`decode_rgb`, the model's eval
-preset), so both see the same pixels. Runs in the decoding threads, never on the event loop.
+preset), so both see the same pixels. Runs in the decoding threads, or on the event loop for a
+small JPEG (`prepared_inline`).
 """
 
 from __future__ import annotations
