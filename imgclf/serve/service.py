@@ -2,8 +2,9 @@
 
 Per request: each image is checked, decoded and preprocessed (a small JPEG on the event loop,
 where that is cheaper than a thread hop; anything larger in the decoding threads) and, as soon
-as it is ready, queued for the micro-batcher; the answers are assembled by `--predict`'s own payload code (imgclf.predict.prediction), so the classes and
-probabilities are those of `utils/inference.py --predict --json` for the same image and weights.
+as it is ready, queued for the micro-batcher; the answers are assembled by `--predict`'s own
+payload code (imgclf.predict.prediction), so the classes and probabilities are those of
+`utils/inference.py --predict --json` for the same image and weights.
 A refused image is a result with its reason; it never fails the other images of the request.
 """
 
