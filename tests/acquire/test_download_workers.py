@@ -29,28 +29,38 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "utils" / "download_data.py"
 
 
-def test_an_input_that_kills_its_worker_twice_gets_a_reason_and_its_neighbours_pass(tmp_path):
-    good = [images.jpeg(seed=60 + index) for index in range(3)]
-    batch = [good[0], POISON, good[1], good[2]]
+def _validate_on_fresh_pools(batch, run_batch, options, folder, later_image):
+    """Validate batch on a new 2-worker pool (1-worker isolation pool), then later_image.
+
+    Returns the verdicts, the later verdict (the pools work again afterwards) and both
+    pools' restart counts.
+    """
 
     async def run():
         workers = WorkerPool(partial(_start_workers, 2))
         isolation = WorkerPool(partial(_start_workers, 1))
-        validator = BatchedValidator(workers, isolation, run_batch=validate_or_die)
+        validator = BatchedValidator(workers, isolation, run_batch=run_batch)
         try:
             futures = [
-                validator.validate(data, str(tmp_path), f"k{index}", ValidationOptions())
+                validator.validate(data, str(folder), f"k{index}", options)
                 for index, data in enumerate(batch)
             ]
             verdicts = await asyncio.wait_for(asyncio.gather(*futures), 120)
-            # The pool works again afterwards.
-            later = await validator.validate(good[0], str(tmp_path), "k9", ValidationOptions())
+            later = await validator.validate(later_image, str(folder), "k9", options)
             return verdicts, later, workers.restarts, isolation.restarts
         finally:
             workers.shutdown()
             isolation.shutdown()
 
-    verdicts, later, restarts, isolated_restarts = asyncio.run(run())
+    return asyncio.run(run())
+
+
+def test_an_input_that_kills_its_worker_twice_gets_a_reason_and_its_neighbours_pass(tmp_path):
+    good = [images.jpeg(seed=60 + index) for index in range(3)]
+    batch = [good[0], POISON, good[1], good[2]]
+    verdicts, later, restarts, isolated_restarts = _validate_on_fresh_pools(
+        batch, validate_or_die, ValidationOptions(), tmp_path, good[0]
+    )
     assert [verdict.reason for verdict in verdicts] == ["", WORKER_CRASHED, "", ""]
     assert later.reason == "" and restarts == 1 and isolated_restarts == 1
 
@@ -58,26 +68,10 @@ def test_an_input_that_kills_its_worker_twice_gets_a_reason_and_its_neighbours_p
 def test_an_image_whose_validation_hangs_times_out_and_its_neighbours_pass(tmp_path):
     good = [images.jpeg(seed=70 + index) for index in range(2)]
     batch = [good[0], HANG, good[1]]
-    options = ValidationOptions(timeout=1.0)
-
-    async def run():
-        workers = WorkerPool(partial(_start_workers, 2))
-        isolation = WorkerPool(partial(_start_workers, 1))
-        validator = BatchedValidator(workers, isolation, run_batch=validate_or_hang)
-        try:
-            futures = [
-                validator.validate(data, str(tmp_path), f"k{index}", options)
-                for index, data in enumerate(batch)
-            ]
-            verdicts = await asyncio.wait_for(asyncio.gather(*futures), 120)
-            # The hung workers were replaced: the pools work again afterwards.
-            later = await validator.validate(good[1], str(tmp_path), "k9", options)
-            return verdicts, later, workers.restarts, isolation.restarts
-        finally:
-            workers.shutdown()
-            isolation.shutdown()
-
-    verdicts, later, restarts, isolated_restarts = asyncio.run(run())
+    # The hung workers are replaced: the pools work again afterwards.
+    verdicts, later, restarts, isolated_restarts = _validate_on_fresh_pools(
+        batch, validate_or_hang, ValidationOptions(timeout=1.0), tmp_path, good[1]
+    )
     assert [verdict.reason for verdict in verdicts] == ["", VALIDATE_TIMEOUT, ""]
     assert all(Path(verdict.staged).is_file() for verdict in (verdicts[0], verdicts[2], later))
     assert later.reason == "" and restarts == 1 and isolated_restarts == 1
