@@ -38,6 +38,8 @@ same weights at another input size, where the model dominates), rows interleaved
                   threads and on the build's setting (imgclf.search.embedding.split_cores); the
                   faster is the ceiling;
   floor           the loader alone (ItemImages: read, decode, eval preset, collate), no model;
+                  also in-process on a pool of threads instead of worker processes (the GIL
+                  keeps it near one thread's rate, so the build keeps its worker processes);
   embed stream    embed_batches: the loader's workers and the engine together;
   build           the whole build from scratch into a fresh folder: listing and hashing the
                   files, the embed stream, FAISS, the atomic write; build / ceiling is the
@@ -268,6 +270,24 @@ def build_rows(weights: Path, data: Path, batch: int, repeats: int) -> None:
 
         return run
 
+    def threads_floor(decode_threads: int) -> Callable[[], None]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from imgclf.predict.batches import ItemImages, collate
+
+        dataset = ItemImages(items, predictor.preset)
+        dataset.warm_up()
+
+        def load(start: int):
+            return collate([dataset[i] for i in range(start, min(start + batch, count))])
+
+        def run() -> None:
+            with torch_threads(1), ThreadPoolExecutor(decode_threads) as pool:
+                for _ in pool.map(load, range(0, count, batch)):
+                    pass
+
+        return run
+
     def embed_only() -> None:
         for _ in embed_batches(predictor, items, settings):
             pass
@@ -281,6 +301,7 @@ def build_rows(weights: Path, data: Path, batch: int, repeats: int) -> None:
         f"bare embed, ready tensors, {threads} torch thread(s) (build's setting)": bare(threads),
         f"floor: loader only (read, decode, preset), {cores} workers": floor(cores),
         f"floor: loader only, {workers} worker(s) (build's setting)": floor(workers),
+        f"threads floor: the same in-process, {cores} threads, no model": threads_floor(cores),
         f"imgclf embed stream ({workers} worker(s) + engine on {threads} thread(s))": embed_only,
         "imgclf build (whole command: listing + hashing, embed, FAISS, write)": whole_build,
         "naive: PIL + torchvision transforms + model per batch": naive_embed(
@@ -309,16 +330,17 @@ def build_rows(weights: Path, data: Path, batch: int, repeats: int) -> None:
             f"  {name:<{width}}  {min(values):7.0f}-{max(values):<7.0f} median {median:7.0f}"
             f"  {median / ceiling:5.2f}x"
         )
-    floor_all = float(np.median(rates[list(rows)[2]]))
+    names = list(rows)
+    floor_all = float(np.median(rates[names[2]]))
     bound = 1 / (1 / ceiling + 1 / floor_all)
-    built = float(np.median(rates[list(rows)[5]]))
+    built = float(np.median(rates[next(n for n in names if n.startswith("imgclf build"))]))
     print(
         f"  estimate: model and floor sharing the cores, 1 / (1/ceiling + 1/floor) = {bound:.0f} "
         f"images/s = {bound / ceiling:.2f}x ceiling; build reaches {built / bound:.2f}x of it"
     )
     print(
         f"  ratio build / ceiling: {built / ceiling:.2f} (target >= 0.9); "
-        f"build / naive: {built / float(np.median(rates[list(rows)[6]])):.2f}x"
+        f"build / naive: {built / float(np.median(rates[names[-1]])):.2f}x"
     )
     costs = stage_costs(predictor, paths)
     print("  per image on one core (us): " + ", ".join(f"{k} {v:.0f}" for k, v in costs.items()))
