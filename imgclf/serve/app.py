@@ -12,6 +12,7 @@ import logging
 import platform
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -118,6 +119,15 @@ def create_app(
     )
     app.state.service = service
 
+    def deadline_query() -> Any:
+        """The `timeout_ms` query parameter of /predict and /search, at most --deadline-ms."""
+        return Query(
+            None,
+            ge=1,
+            le=settings.deadline_ms,
+            description="this request's deadline (default and maximum: --deadline-ms)",
+        )
+
     @app.exception_handler(RequestProblem)
     async def refused(_request: Request, problem: RequestProblem) -> JSONResponse:
         return JSONResponse({"detail": problem.detail}, problem.status)
@@ -150,12 +160,7 @@ def create_app(
     async def predict(
         request: Request,
         topk: int = Query(settings.topk, ge=1, le=MAX_TOPK, description="classes per image"),
-        timeout_ms: int | None = Query(
-            None,
-            ge=1,
-            le=settings.deadline_ms,
-            description="this request's deadline (default and maximum: --deadline-ms)",
-        ),
+        timeout_ms: int | None = deadline_query(),
     ) -> JSONResponse:
         """Top-k classes of each image, uploaded as multipart `file` parts (or, with
         --allow-urls, a JSON body `{"urls": [...]}`). An image that cannot be classified is a
@@ -186,12 +191,7 @@ def create_app(
     async def search(
         request: Request,
         k: int = Query(5, ge=1, le=MAX_TOPK, description="similar gallery images per image"),
-        timeout_ms: int | None = Query(
-            None,
-            ge=1,
-            le=settings.deadline_ms,
-            description="this request's deadline (default and maximum: --deadline-ms)",
-        ),
+        timeout_ms: int | None = deadline_query(),
     ) -> JSONResponse:
         """The k most similar gallery images (id, path, label, cosine score) and the nearest
         class prototype of each image, as `utils/search.py query --json` answers; only with
