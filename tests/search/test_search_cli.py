@@ -33,21 +33,14 @@ def cli():
 def built(cli, fitted_weights, tiny_root, tmp_path) -> Path:
     """An index of the tiny folder (8 train + 4 test images per class) in a fresh folder."""
     index = tmp_path / "index"
-    code = cli.main(
-        [
-            "build",
-            "--weights",
-            str(fitted_weights),
-            "--data",
-            str(tiny_root),
-            "--index",
-            str(index),
-            "--workers",
-            "0",
-        ]
-    )
-    assert code == 0
+    assert cli.main(build_arguments(fitted_weights, tiny_root, index)) == 0
     return index
+
+
+def build_arguments(weights: Path, data: Path, index: Path) -> list[str]:
+    """`utils/search.py build` of data into index, decoding in-process (no loader workers)."""
+    arguments = ["build", "--weights", str(weights), "--data", str(data), "--index", str(index)]
+    return [*arguments, "--workers", "0"]
 
 
 def yellow_images(folder: Path, count: int) -> list[Path]:
@@ -72,22 +65,7 @@ def test_build_stores_the_weights_split_and_a_rerun_embeds_nothing(
     assert sum(it.split == "test" for it in gallery.items) == 12
     np.testing.assert_allclose(np.linalg.norm(gallery.embeddings, axis=1), 1.0, atol=1e-5)
     capsys.readouterr()
-    assert (
-        cli.main(
-            [
-                "build",
-                "--weights",
-                str(fitted_weights),
-                "--data",
-                str(tiny_root),
-                "--index",
-                str(built),
-                "--workers",
-                "0",
-            ]
-        )
-        == 0
-    )
+    assert cli.main(build_arguments(fitted_weights, tiny_root, built)) == 0
     out = capsys.readouterr().out
     assert "(0 embedded now, 36 reused, 0 dropped)" in out
     assert "exact IndexFlatIP (36 items <= 50,000)" in out
@@ -251,17 +229,7 @@ def test_an_empty_data_folder_is_refused_and_writes_no_index(
 ):
     (tmp_path / "data" / "a").mkdir(parents=True)
     (tmp_path / "data" / "b").mkdir()
-    code = cli.main(
-        [
-            "build",
-            "--weights",
-            str(fitted_weights),
-            "--data",
-            str(tmp_path / "data"),
-            "--index",
-            str(tmp_path / "index"),
-        ]
-    )
+    code = cli.main(build_arguments(fitted_weights, tmp_path / "data", tmp_path / "index"))
     assert code == 2
     assert "has no images" in capsys.readouterr().err
     assert not (tmp_path / "index").exists()
