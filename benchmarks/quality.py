@@ -13,13 +13,16 @@ setting, so all rows of all runs score the same 310 images.
   full  every other image trains or validates (`data.val_fraction` 0.15, split by the seed):
         `make demo`'s data at the config's image size;
   low   per class, a seeded sample of --per-class training images plus --per-class / 5
-        validation images (low data and a small, noisy validation set), at --img-size px.
+        validation images (low data and a small, noisy validation set), at --img-size px;
+  imbalanced  the same, but 2 x --per-class down to --per-class / 3 training images per
+        class (a geometric long tail, ratio 6, over a seeded order of the classes).
 The run folders are built under --workdir as a class-folder root of symlinks plus a
 `manifest.csv` whose `split` column marks the test rows: the way to train on any class-folder
 data with a test part of your own. The seed sets the low-data sample, the valid split, the
 initialisation, the shuffling and the augmentation. Extra --config files are merged after the
 benchmark's own overrides' base (configs/config.yaml), then the overrides (data root, seed,
-logdir, outputs under --workdir) last. The table prints per-seed values, median and range.
+logdir, outputs under --workdir) last. Each model is scored twice, plain (`--no-tta`) and
+averaged with its mirror (`--tta`); the table prints per-seed values, median and range.
 With the default `data.min_epoch_images: 1024` a low-data epoch is 16 steps of 64, so the
 default's 100 epochs are 1,600 steps; `--epochs 25` gives the 400 steps that one-pass epochs
 (the old default, 4 steps each) had in 100, for comparisons at equal training.
@@ -28,7 +31,9 @@ default's 100 epochs are 1,600 steps; `--epochs 25` gives the 400 steps that one
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import io
 import json
 import os
 import random
@@ -47,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 
 from imgclf.dataset.samples import hash_files  # noqa: E402
 from imgclf.demo.urls import list_images, stratified_rows  # noqa: E402
+from imgclf.fileio import atomic_write_text  # noqa: E402
 
 DIGITS = ROOT / "data" / "demo" / "sign_language_digits"
 CATALYST_DL = Path(sys.executable).parent / "catalyst-dl"
@@ -63,29 +69,50 @@ def build_root(workdir: Path, setting: str, seed: int, per_class: int) -> tuple[
     labels = {path: row.label for path, row in zip(paths, rows, strict=True)}
     keep = list(paths)
     val_fraction = 0.15
-    if setting == "low":
-        n_valid = max(2, per_class // 5)
+    if setting in ("low", "imbalanced"):
+        counts = class_counts(sorted(images), setting, seed, per_class)
+        n_valid = {label: max(2, count // 5) for label, count in counts.items()}
         keep = [path for path in paths if split[path] == "test"]
-        for label in sorted(images):
+        for label, count in counts.items():
             pool = sorted(p for p in paths if labels[p] == label and split[p] != "test")
             random.Random(f"quality:{seed}:{label}").shuffle(pool)
-            keep += pool[: per_class + n_valid]
-        val_fraction = n_valid / (per_class + n_valid)
-    root = workdir / f"data-{setting}-{seed}" if setting == "low" else workdir / "data-full"
+            keep += pool[: count + n_valid[label]]
+        # The stratified valid split takes this fraction of every class.
+        val_fraction = sum(n_valid.values()) / (sum(counts.values()) + sum(n_valid.values()))
+    root = workdir / f"data-{setting}-{seed}" if setting != "full" else workdir / "data-full"
     root.mkdir(parents=True, exist_ok=True)
     for label in images:
         link = root / label
         if not link.exists():
-            link.symlink_to(DIGITS / label, target_is_directory=True)
+            # Two benchmark runs side by side may build the same root at once.
+            with contextlib.suppress(FileExistsError):
+                link.symlink_to(DIGITS / label, target_is_directory=True)
     keep.sort()
     digests = hash_files([DIGITS / path for path in keep])
-    with (root / "manifest.csv").open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["url", "label", "split", "status", "path", "sha256"])
-        for path, digest in zip(keep, digests, strict=True):
-            split_value = "test" if split[path] == "test" else ""
-            writer.writerow(["", labels[path], split_value, "ok", path, digest])
+    manifest = io.StringIO(newline="")
+    writer = csv.writer(manifest)
+    writer.writerow(["url", "label", "split", "status", "path", "sha256"])
+    for path, digest in zip(keep, digests, strict=True):
+        split_value = "test" if split[path] == "test" else ""
+        writer.writerow(["", labels[path], split_value, "ok", path, digest])
+    # Atomic: a run side by side may be reading this root's manifest while it is rewritten.
+    atomic_write_text(root / "manifest.csv", manifest.getvalue())
     return root, val_fraction
+
+
+def class_counts(labels: list[str], setting: str, seed: int, per_class: int) -> dict[str, int]:
+    """Training images per class: `per_class` each for `low`; for `imbalanced` a geometric
+    spread from 2 x per_class down to per_class / 3 (ratio 6) over a seeded order of the
+    classes, like the long tail of real collected data."""
+    if setting == "low":
+        return {label: per_class for label in labels}
+    order = list(labels)
+    random.Random(f"quality-imbalance:{seed}").shuffle(order)
+    top, ratio = 2 * per_class, 6.0
+    steps = max(1, len(order) - 1)
+    return {
+        label: max(2, round(top / ratio ** (rank / steps))) for rank, label in enumerate(order)
+    }
 
 
 def train_and_test(args: argparse.Namespace, seed: int) -> dict:
@@ -122,15 +149,32 @@ def train_and_test(args: argparse.Namespace, seed: int) -> dict:
     (run / "train.log").write_text(train.stdout + train.stderr, encoding="utf-8")
     if train.returncode != 0:
         raise SystemExit(f"training failed (exit {train.returncode}); see {run / 'train.log'}")
+    # Both ways of reading the same model: plain, and averaged with the mirror (--tta).
+    scores = {tta: test_macro_f1(args, run, env, tta) for tta in ("--no-tta", "--tta")}
+    table = train.stdout.splitlines()
+    return {
+        "seed": seed,
+        "test_f1": scores["--no-tta"],
+        "test_f1_tta": scores["--tta"],
+        "seconds": seconds,
+        "train_seconds": _table_value(table, "training time"),
+        "epoch": _table_value(table, "best epoch"),
+        "rule": _table_value(table, "exported by"),
+    }
+
+
+def test_macro_f1(args: argparse.Namespace, run: Path, env: dict, tta: str) -> float:
+    """`utils/inference.py`'s test macro-F1 for the run's exported weights, with `tta`."""
+    out = run / ("report-tta" if tta == "--tta" else "report")
     report = subprocess.run(
         [
             sys.executable,
             "utils/inference.py",
             "--weights",
             str(run / "model.pth"),
-            *("--out", str(run / "report"), "--pictures", str(run / "report")),
+            *("--out", str(out), "--pictures", str(out)),
             # The point value is all the table needs; in-process loading is cheaper on 2 cores.
-            *("--bootstrap", "100", "--workers", "0"),
+            *("--bootstrap", "100", "--workers", "0", tta),
             *args.inference_args,
         ],
         cwd=ROOT,
@@ -140,16 +184,8 @@ def train_and_test(args: argparse.Namespace, seed: int) -> dict:
     )
     if report.returncode != 0:
         raise SystemExit(f"evaluation failed: {report.stderr.strip()[-500:]}")
-    metrics = json.loads((run / "report" / "metrics.json").read_text(encoding="utf-8"))
-    table = train.stdout.splitlines()
-    return {
-        "seed": seed,
-        "test_f1": metrics["metrics"]["f1_macro"]["value"],
-        "seconds": seconds,
-        "train_seconds": _table_value(table, "training time"),
-        "epoch": _table_value(table, "best epoch"),
-        "rule": _table_value(table, "exported by"),
-    }
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    return metrics["metrics"]["f1_macro"]["value"]
 
 
 def _table_value(lines: list[str], name: str) -> str:
@@ -172,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--setting", choices=("low", "full"), default="low")
+    parser.add_argument("--setting", choices=("low", "imbalanced", "full"), default="low")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument(
         "--config",
@@ -198,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         help="passed to utils/inference.py (e.g. --tta)",
     )
     args = parser.parse_args(argv)
-    if args.img_size is None and args.setting == "low":
+    if args.img_size is None and args.setting != "full":
         args.img_size = 48
     args.workdir.mkdir(parents=True, exist_ok=True)
     results = []
@@ -206,20 +242,24 @@ def main(argv: list[str] | None = None) -> int:
         result = train_and_test(args, seed)
         results.append(result)
         print(
-            f"seed {seed}: test macro-F1 {result['test_f1']:.4f}, run {result['seconds']:.0f} s "
+            f"seed {seed}: test macro-F1 {result['test_f1']:.4f} "
+            f"(--tta {result['test_f1_tta']:.4f}), run {result['seconds']:.0f} s "
             f"(training {result['train_seconds']}), exported epoch {result['epoch']} "
             f"{result['rule']}",
             flush=True,
         )
     f1s = [r["test_f1"] for r in results]
+    f1s_tta = [r["test_f1_tta"] for r in results]
     seconds = [r["seconds"] for r in results]
     print(
         "\n| setting | config | seeds | test macro-F1 per seed | median (range) | "
-        "run time s, median (range) |\n| --- | --- | --- | --- | --- | --- |"
+        "with --tta, median (range) | run time s, median (range) |\n"
+        "| --- | --- | --- | --- | --- | --- | --- |"
     )
     print(
         f"| {args.setting} | {args.label} | {' '.join(map(str, args.seeds))} | "
-        f"{' / '.join(f'{v:.3f}' for v in f1s)} | {span(f1s, 3)} | {span(seconds, 0)} |"
+        f"{' / '.join(f'{v:.3f}' for v in f1s)} | {span(f1s, 3)} | {span(f1s_tta, 3)} | "
+        f"{span(seconds, 0)} |"
     )
     out = args.workdir / f"{args.label}-{args.setting}.json"
     out.write_text(json.dumps(results, indent=1), encoding="utf-8")

@@ -140,6 +140,9 @@ COVERAGE: dict[str, str] = {
     "python utils/inference.py --tta": (
         EVALUATION_TEST + "test_report_with_tta_averages_each_photo_with_its_mirror"
     ),
+    "python utils/inference.py --no-tta": (
+        EVALUATION_TEST + "test_report_follows_the_weights_files_tta_unless_told"
+    ),
     # how the model quality table in docs/benchmarks.md was produced
     "flock /tmp/imgclf-cpu.lock .venv/bin/python benchmarks/quality.py --setting low": ("record"),
     "flock /tmp/imgclf-cpu.lock .venv/bin/python benchmarks/quality.py --setting full": ("record"),

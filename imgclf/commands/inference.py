@@ -63,9 +63,11 @@ def parse_args(
     )
     add(
         "--tta",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="test-time augmentation: average each image's probabilities with its mirror's "
-        "(report and --predict; twice the model calls)",
+        "(report and --predict; twice the model calls). Default: as the weights file says, "
+        "on for models trained with horizontal flips (export.tta)",
     )
     add(
         "--data",

@@ -17,6 +17,9 @@ from imgclf.dataset.augment import PolicyDraws, TrivialPolicy
 
 # data.augment.policy values: no extra operation, or one TrivialAugment-style one per image.
 POLICIES = ("none", "trivial")
+# Train-time horizontal flips; a model trained with them is averaged with its mirror at
+# inference by default (export.tta: auto).
+DEFAULT_HFLIP_PROB = 0.5
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -70,7 +73,7 @@ class TrainPreset:
         *,
         img_size: int,
         scale: tuple[float, float] = (0.25, 1.0),
-        hflip_prob: float = 0.5,
+        hflip_prob: float = DEFAULT_HFLIP_PROB,
         color_jitter: float = 0.2,
         policy: str = "none",
         policy_magnitude: float = 1.0,

@@ -145,11 +145,12 @@ def evaluate(
     workers: int | None = None,
     resamples: int = 1000,
     seed: int = 0,
-    tta: bool = False,
+    tta: bool | None = None,
 ) -> EvaluationResult:
     """Evaluate `weights` and write metrics.json, predictions.csv and the pictures.
 
     Unreadable images are reported and left out of the metrics; everything else still runs.
+    `tta`: average each image with its mirror; None: as the weights file says.
     """
     weights = Path(weights)
     if weights.suffix != ".pth":
@@ -215,7 +216,8 @@ def evaluate(
         Path(pictures_dir),
     )
     title = (
-        f"{stored.arch} from {weights}, backend {predictor.backend}\n"
+        f"{stored.arch} from {weights}, backend {predictor.backend}"
+        f"{', mirror-averaged (--no-tta: off)' if predictor.tta else ''}\n"
         f"{held_out.description}: {len(ok)} images, {len(classes)} classes "
         f"({run['images_per_second']:.0f} images/s)"
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -121,7 +122,8 @@ def _predictor_from_weights(weights: WeightsFile, backend: str) -> Predictor:
             except InputError:
                 spec = None
             if spec is not None and spec.source_sha256 == sha256:
-                return Predictor(spec, engine, str(exported))
+                # A file exported before specs carried `tta` says False: the weights decide.
+                return Predictor(replace(spec, tta=weights.tta), engine, str(exported))
         print(
             f"note: {exported} is missing or was exported from other weights; exporting in "
             f"memory (keep one with --export {fmt}).",
@@ -133,12 +135,13 @@ def _predictor_from_weights(weights: WeightsFile, backend: str) -> Predictor:
 
 
 def load_predictor(
-    weights: WeightsFile | str | Path, backend: str | None = None, *, tta: bool = False
+    weights: WeightsFile | str | Path, backend: str | None = None, *, tta: bool | None = None
 ) -> Predictor:
     """A Predictor for a weights file (loaded or a path) or an exported model; backend None
-    picks the file's own (torch for weights); `tta` averages each image with its mirror."""
+    picks the file's own (torch for weights); `tta` averages each image with its mirror,
+    None: as the file says (on for models trained with flips, see ModelSpec.tta)."""
     predictor = _load_predictor(weights, backend)
-    predictor.tta = tta
+    predictor.tta = predictor.spec.tta if tta is None else tta
     return predictor
 
 

@@ -24,12 +24,14 @@ EMBEDDING_NAME = "embedding"
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Class names and eval preprocessing of a model, plus the weights file it came from."""
+    """Class names and eval preprocessing of a model, plus the weights file it came from;
+    `tta`: whether inference averages each image with its mirror unless told otherwise."""
 
     arch: str
     classes: tuple[str, ...]
     preprocessing: Preprocessing
     source_sha256: str = ""
+    tta: bool = False
 
     @classmethod
     def from_weights(cls, weights: WeightsFile, source_sha256: str = "") -> ModelSpec:
@@ -39,6 +41,7 @@ class ModelSpec:
             classes=tuple(weights.classes),
             preprocessing=weights.preprocessing,
             source_sha256=source_sha256,
+            tta=weights.tta,
         )
 
     def to_json(self) -> str:
@@ -51,6 +54,7 @@ class ModelSpec:
             "classes": list(self.classes),
             **self.preprocessing.to_dict(),
             "source_sha256": self.source_sha256,
+            "tta": self.tta,
         }
         size = self.preprocessing.img_size
         payload["input"] = (
@@ -76,6 +80,7 @@ class ModelSpec:
             classes=tuple(payload["classes"]),
             preprocessing=Preprocessing.from_dict(payload),
             source_sha256=payload.get("source_sha256", ""),
+            tta=bool(payload.get("tta", False)),
         )
 
 

@@ -14,6 +14,8 @@ Keys (format_version 1):
     split                   {"root": data root, "parts": {part: [[path, label], ...]}}, parts
                             "train", "valid", "test" ("test" may be empty), paths relative to root
     class_counts            {"train": {class: count}, ...}: for the random baseline
+    tta                     true: inference averages each image with its mirror by default
+                            (trained with flips; export.tta); absent in older files: false
     metrics                 final validation metrics, e.g. {"f1_macro": 0.98, "accuracy": 0.98}
     config                  the merged Catalyst config (plain dict)
     versions                library versions ({"torch": ..., "torchvision": ..., "catalyst": ...})
@@ -51,6 +53,7 @@ class WeightsFile:
     preprocessing: Preprocessing
     split: dict[str, Any] = field(default_factory=dict)
     class_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    tta: bool = False
     metrics: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)

@@ -87,13 +87,13 @@ def predict_paths(
     topk: int = 5,
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int | None = None,
-    tta: bool = False,
+    tta: bool | None = None,
     block_private: bool = True,
 ) -> PredictionResult:
     """Classify files, folders (recursively) and URLs; failed items are results with an error.
 
-    `tta`: average each image with its mirror. `block_private`: URLs may reach only globally
-    routable addresses (the downloader's guard).
+    `tta`: average each image with its mirror (None: as the weights file says).
+    `block_private`: URLs may reach only globally routable addresses (the downloader's guard).
     """
     predictor = load_predictor(weights, backend, tta=tta)
     items = expand_inputs(inputs)
@@ -128,7 +128,8 @@ def format_predictions(payload: dict[str, Any]) -> str:
     summary = f"{done} of {payload['images']} images classified"
     if payload["failed"]:
         summary += f", {payload['failed']} failed"
-    summary += f" ({payload['model']}, backend {payload['backend']})"
+    mirrored = ", mirror-averaged" if payload.get("tta") else ""
+    summary += f" ({payload['model']}, backend {payload['backend']}{mirrored})"
     lines += ["", summary]
     if latency:
         per_image, pre, model = (

@@ -26,6 +26,7 @@ from imgclf.model.weights import WeightsFile, save_weights
 from imgclf.train.callbacks import read_history
 from imgclf.train.resume import BEST, CHECKPOINTS, load_checkpoint
 from imgclf.train.selection import describe, selected_path
+from imgclf.train.settings import ExportSettings
 
 SPLIT_FILE = "split.json"
 # The merged config of the run, as `catalyst-dl run` dumps it into the logdir.
@@ -91,7 +92,6 @@ def write_weights_file(
         metrics["selection"] = describe({"rule": "f1"})
     else:
         metrics["selection"] = f"chosen by hand: {Path(checkpoint_path).name}"
-    metrics["selection"] = describe(checkpoint["selection"])
     weights = WeightsFile(
         arch=arch,
         classes=info["classes"],
@@ -99,6 +99,7 @@ def write_weights_file(
         preprocessing=Preprocessing.for_img_size(info["img_size"]),
         split=info["split"],
         class_counts=info["class_counts"],
+        tta=ExportSettings.from_config(config, arch).tta,
         metrics=metrics,
         config=json.loads(json.dumps(config, default=str)),  # plain types only
         versions={

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imgclf.dataset.presets import POLICIES
+from imgclf.dataset.presets import DEFAULT_HFLIP_PROB, POLICIES
 from imgclf.errors import InputError
 from imgclf.model.factory import ARCHITECTURES
 
@@ -194,19 +194,30 @@ class ModelSettings:
 
 @dataclass(frozen=True)
 class ExportSettings:
-    """The `export:` block: where the final weights file and training picture are written."""
+    """The `export:` block: where the final weights file and training picture are written,
+    and whether inference averages each image with its mirror by default (`tta`)."""
 
     weights: Path
     picture: Path
+    tta: bool = False
 
     @classmethod
     def from_config(cls, config: dict[str, Any], arch: str) -> ExportSettings:
-        """Read `config["export"]`; `{arch}` in the weights path is replaced by the arch."""
+        """Read `config["export"]`; `{arch}` in the weights path is replaced by the arch.
+        `tta: auto` is on when training flipped images (`data.augment.hflip_prob` > 0): such
+        a model has learnt that a mirrored image is the same class."""
         block = _block(config, "export")
         weights = str(block.get("weights", "weights/{arch}.pth"))
+        tta = block.get("tta", "auto")
+        if tta not in ("auto", True, False):
+            raise InputError(f"export.tta is {tta!r}; use auto, true or false.")
+        if tta == "auto":
+            augment = _block(config, "data").get("augment") or {}
+            tta = float(augment.get("hflip_prob", DEFAULT_HFLIP_PROB)) > 0
         return cls(
             weights=Path(weights.replace("{arch}", arch)),
             picture=Path(block.get("picture", "pictures/logs.png")),
+            tta=tta,
         )
 
 

@@ -188,3 +188,20 @@ def test_report_with_tta_averages_each_photo_with_its_mirror(cli, fitted_weights
     # Same images in the same order, other probabilities (the mirrors are other inputs).
     assert [r["path"] for r in rows["plain"]] == [r["path"] for r in rows["tta"]]
     assert any(a != b for a, b in zip(rows["plain"], rows["tta"], strict=True))
+
+
+def test_report_follows_the_weights_files_tta_unless_told(cli, fitted_weights, tmp_path, capsys):
+    from imgclf.model.weights import load_weights, save_weights
+
+    weights = load_weights(fitted_weights)
+    weights.tta = True  # trained with flips (export.tta: auto)
+    flipped = save_weights(tmp_path / "flipped.pth", weights)
+    assert cli.main(_report_args(flipped, tmp_path / "default")) == 0
+    assert "mirror-averaged (--no-tta: off)" in capsys.readouterr().out
+    assert cli.main(_report_args(flipped, tmp_path / "off", "--no-tta")) == 0
+    assert "mirror-averaged" not in capsys.readouterr().out
+    runs = [
+        json.loads((tmp_path / name / "reports" / "metrics.json").read_text())["run"]
+        for name in ("default", "off")
+    ]
+    assert [run["tta"] for run in runs] == [True, False]

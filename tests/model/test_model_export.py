@@ -3,6 +3,7 @@ names and preprocessing travel inside the file, and a stale export is never used
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -186,3 +187,18 @@ def test_tta_averages_each_image_with_its_mirror_on_every_engine(exported, photo
         predictor = load_predictor(source, tta=True)
         assert predictor.tta
         assert np.abs(predictor.probabilities(batch) - expected).max() < PARITY
+
+
+def test_the_weights_file_decides_tta_unless_told(fitted_weights, tmp_path):
+    weights = load_weights(fitted_weights)
+    weights.tta = True  # as export.tta: auto writes it after training with flips
+    path = save_weights(tmp_path / "flipped.pth", weights)
+    sources = [path, *(export_model(path, fmt)[0] for fmt in ("onnx", "torchscript"))]
+    for source in sources:
+        assert load_predictor(source).tta, source
+        assert not load_predictor(source, tta=False).tta, source
+    assert not load_predictor(fitted_weights).tta  # written without it: off
+    # A spec written before specs carried the key reads as off.
+    legacy = json.loads(load_predictor(sources[1]).spec.to_json())
+    del legacy["tta"]
+    assert ModelSpec.from_json(json.dumps(legacy)).tta is False

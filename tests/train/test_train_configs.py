@@ -20,6 +20,7 @@ from imgclf.train.catalyst_compat import callback_isinstance
 from imgclf.train.engines import AutoDistributedEngine
 from imgclf.train.runner import ImageClassifierRunner
 from imgclf.train.schedules import WarmupCosineLR
+from imgclf.train.settings import ExportSettings
 
 OVERRIDE_FILES = sorted(path for path in CONFIGS.glob("*.yaml") if path.name != "config.yaml")
 
@@ -164,6 +165,19 @@ def test_warmup_cosine_schedule_by_hand():
     assert state["lr_lambdas"] == [None]  # nothing unpicklable in checkpoints
 
 
+@pytest.mark.parametrize(
+    ("data", "export", "expected"),
+    [
+        ({}, {}, True),  # auto, and the default augmentation flips half the images
+        ({"augment": {"hflip_prob": 0.0}}, {}, False),
+        ({"augment": {"hflip_prob": 0.0}}, {"tta": True}, True),
+        ({}, {"tta": False}, False),
+    ],
+)
+def test_export_tta_follows_the_training_flips_unless_set(data, export, expected):
+    assert ExportSettings.from_config({"data": data, "export": export}, "resnet18").tta is expected
+
+
 BAD_CONFIGS = {
     "unknown architecture": ({"model": {"arch": "vgg11"}}, "Unknown architecture 'vgg11'"),
     "missing data folder": ({"data": {"root": "{tmp}/nowhere"}}, "does not exist"),
@@ -211,7 +225,12 @@ BAD_CONFIGS = {
     ),
     "key with no near name": (
         {"export": {"zzz": 1}},
-        "Unknown config key export.zzz in the config; valid keys of export: weights, picture.",
+        "Unknown config key export.zzz in the config; valid keys of export: weights, picture, "
+        "tta.",
+    ),
+    "export tta not a choice": (
+        {"export": {"tta": "yes"}},
+        "export.tta is 'yes'; use auto, true or false.",
     ),
     "seed not an integer": ({"args": {"seed": "abc"}}, "args.seed is 'abc' in the config; it"),
     "flag not true or false": (

@@ -86,6 +86,7 @@ def test_run_leaves_weights_picture_logs_and_table(first_run, images):
     assert len(parts["train"]) + len(parts["valid"]) == 36 and parts["test"] == []
     assert sum(weights.class_counts["train"].values()) == len(parts["train"])
     assert weights.config["model"]["arch"] == ARCH and weights.versions["catalyst"] == "21.12"
+    assert weights.tta  # export.tta: auto, and the default augmentation flips
     # The exported tensors are those of the epoch the selection rule chose (the weight
     # average's, validated in the live model's place), and the file and table name the rule.
     selected = torch.load(logdir / "checkpoints" / "selected.pth", map_location="cpu")
@@ -220,6 +221,14 @@ def test_reexport_writes_the_weights_file_again_from_the_logdir(first_run, tmp_p
     assert (again.arch, again.classes, again.split) == (first.arch, first.classes, first.split)
     assert again.metrics == first.metrics and again.preprocessing == first.preprocessing
     assert all(torch.equal(again.state_dict[k], v) for k, v in first.state_dict.items())
+
+
+def test_reexport_of_a_hand_picked_checkpoint_says_so(first_run, tmp_path):
+    workdir, _ = first_run
+    best = workdir / "logs" / "checkpoints" / "best.pth"  # Catalyst's: no selection record
+    weights, _ = reexport.reexport(best, tmp_path / "best.pth")
+    assert weights.metrics["selection"] == "chosen by hand: best.pth"
+    assert load_weights(tmp_path / "best.pth").metrics == weights.metrics
 
 
 def test_reexport_of_a_damaged_checkpoint_is_one_sentence(first_run, tmp_path, capsys):
