@@ -13,7 +13,10 @@ files are copied from the previous cache instead of decoded again.
 
 Writes are atomic: the cache is built in a temporary folder renamed into place when complete,
 so an interrupted build is never used (its leftovers are removed by the next build). A lock
-file serialises builders, so two processes of a distributed run build it once.
+file serialises builders, so two processes of a distributed run build it once. A new cache
+supersedes older ones of the same size, except those another process still uses (each user
+holds a shared lock on the folder's `.in_use` until it exits): two trainings on different
+data may share one cache folder.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image
@@ -40,6 +44,7 @@ from imgclf.imaging import open_rgb
 CACHE_VERSION = 1
 IMAGES = "images.npy"
 META = "meta.json"
+IN_USE = ".in_use"
 # Images per task sent to a decoding process: large enough to amortise the round trip,
 # small enough for a smooth progress bar and an even spread over the cores.
 CHUNK = 64
@@ -134,6 +139,7 @@ def load_or_build(
     cache_dir.mkdir(parents=True, exist_ok=True)
     with _locked(cache_dir / ".lock"):
         if (folder / META).is_file():
+            _hold_in_use(folder)
             return _open_finished(folder, built=False)
         _remove_leftovers(cache_dir)
         previous = _previous_rows(cache_dir, side, crop)
@@ -153,15 +159,17 @@ def load_or_build(
             _fsync(tmp, *tmp.iterdir())
             os.replace(tmp, folder)
             _fsync(cache_dir)  # make the rename itself durable
+            _hold_in_use(folder)
         except BaseException:
             # Ctrl-C or an error: leave nothing behind (a hard kill leaves `tmp`, which the next
             # build removes).
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        # Older caches of the same size are superseded; other sizes stay (e.g. 96 and 224 px).
+        # Older caches of the same size are superseded; other sizes stay (e.g. 96 and 224 px),
+        # and so do caches that a running training still reads.
         for other in cache_dir.glob(f"{side}px-*"):
             if other != folder:
-                shutil.rmtree(other, ignore_errors=True)
+                _remove_unless_in_use(other)
         return _open_finished(folder, built=True)
 
 
@@ -286,6 +294,43 @@ def _remove_leftovers(cache_dir: Path) -> None:
     """Delete folders of interrupted builds (only called under the lock, so none is live)."""
     for leftover in cache_dir.glob(f".*{TMP_SUFFIX}"):
         shutil.rmtree(leftover, ignore_errors=True)
+
+
+# Shared locks on the `.in_use` files of the caches this process uses, held until it exits
+# (forked DataLoader workers share them).
+_HELD: dict[Path, IO[str]] = {}
+
+
+def _hold_in_use(folder: Path) -> None:
+    """Mark `folder` as used by this process (called under the cache_dir lock)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: single-process use only
+        return
+    if folder not in _HELD:
+        handle = (folder / IN_USE).open("a")
+        fcntl.flock(handle, fcntl.LOCK_SH)
+        _HELD[folder] = handle
+
+
+def _remove_unless_in_use(folder: Path) -> None:
+    """Delete the superseded cache `folder` unless another process holds its `.in_use`."""
+    own = _HELD.pop(folder, None)
+    if own is not None:
+        own.close()  # this process moves on to the new cache itself
+    try:
+        import fcntl
+    except ImportError:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    try:
+        with (folder / IN_USE).open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            shutil.rmtree(folder, ignore_errors=True)
+    except BlockingIOError:
+        return  # a running training reads it; the next build after it ends removes it
+    except OSError:
+        shutil.rmtree(folder, ignore_errors=True)  # e.g. a half-deleted folder
 
 
 def _fsync(*paths: Path) -> None:

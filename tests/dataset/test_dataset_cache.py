@@ -213,3 +213,39 @@ def test_eval_preset_on_cache_equals_eval_preset_on_original(tmp_path: Path, img
         # One 8-bit step after normalisation is 1 / 255 / std ≈ 0.0175: Pillow's and torch's
         # bilinear resize may round a few pixels differently, by at most that.
         assert torch.max(torch.abs(got - expected)) < 0.02, path.name
+
+
+def test_a_cache_another_training_still_reads_is_not_superseded(tmp_path: Path):
+    cache_dir = tmp_path / "cache"
+    first, second = (
+        make_image_folder(tmp_path / name, per_class=3, size=24) for name in ("a", "b")
+    )
+    save_gradient(next((second / "circle").iterdir()), (30, 20), format="JPEG")  # other data
+    # Another process (a training on `first`) opens its cache and keeps running.
+    reader = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from imgclf.dataset import read_samples; "
+            "from imgclf.dataset.cache import load_or_build; "
+            f"c = load_or_build({str(first)!r}, read_samples({str(first)!r})[1], 37, "
+            f"{str(cache_dir)!r}, crop=32, progress=False); print(c.folder, flush=True); "
+            "sys.stdin.read(); c.open()[0].sum()",
+        ],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    in_use = Path(reader.stdout.readline().strip())
+    _, samples = read_samples(second)
+    mine = load_or_build(second, samples, 37, cache_dir, crop=32, progress=False)
+    assert finished_caches(cache_dir) == sorted([in_use, mine.folder])
+    reader.communicate("")  # it reads its cache once more, then ends
+    assert reader.returncode == 0
+    # Once no one reads it, the next build of that size supersedes it.
+    save_gradient(next((second / "square").iterdir()), (30, 20), format="JPEG")
+    _, samples = read_samples(second)
+    newest = load_or_build(second, samples, 37, cache_dir, crop=32, progress=False)
+    assert finished_caches(cache_dir) == [newest.folder]
