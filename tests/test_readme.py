@@ -145,6 +145,14 @@ COVERAGE: dict[str, str] = {
     ),
     # how the model quality table in docs/benchmarks.md was produced
     "flock /tmp/imgclf-cpu.lock .venv/bin/python benchmarks/quality.py --setting low": ("record"),
+    "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/quality.py --setting low "
+    "--epochs 25 --label base": "record",
+    "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/quality.py --setting low "
+    "--epochs 25 --config trivial.yaml --label trivial": "record",
+    "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/quality.py --setting imbalanced "
+    "--epochs 25 --config balanced.yaml --label balanced": "record",
+    "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/quality.py --setting low "
+    "--epochs 100 --config before.yaml --label before": "record",
     "flock /tmp/imgclf-cpu.lock .venv/bin/python benchmarks/quality.py --setting full": ("record"),
     "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/quality.py --setting low --epochs 25 "
     "--label after": "record",
