@@ -191,7 +191,7 @@ class Service:
             async def one(image: ImageInput) -> ImageOutcome:
                 if image.data is None:
                     return ImageOutcome(image.reason)
-                if prepared_inline(image.data):
+                if prepared_inline(image.data, self.settings.inline_max_pixels):
                     prepared = prepare_image(self.predictor, image.data)
                 else:
                     prepared = await asyncio.get_running_loop().run_in_executor(

@@ -13,6 +13,12 @@ from dataclasses import dataclass
 DEFAULT_MAX_BATCH_SIZE = 32
 DEFAULT_MAX_WAIT_MS = 2.0
 DEFAULT_MAX_QUEUE = 128
+# JPEGs up to this many pixels are prepared on the event loop itself: a 100x100 photo takes
+# about 0.3 ms there, while in a decoding thread it costs about 0.6 ms of CPU (the hop, and the
+# GIL shared with the loop), which on 2 cores costs throughput (measured: docs/serve.md).
+# Larger images and other formats go to the decoding threads: one big upload never stalls the
+# loop. 0 sends every image to the decoding threads.
+DEFAULT_INLINE_MAX_PIXELS = 256 * 256
 # The downloader's default body cap (FetchOptions.max_bytes): the same idea of "too large".
 DEFAULT_MAX_BODY_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_IMAGES = 32
@@ -52,11 +58,14 @@ class ServiceSettings:
     topk: int = 5
     decode_threads: int = 0  # 0: default_decode_threads()
     engine_threads: int = 0  # 0: default_engine_threads()
+    inline_max_pixels: int = DEFAULT_INLINE_MAX_PIXELS
     allow_urls: bool = False
     allow_private_urls: bool = False
     url_timeout_s: float = DEFAULT_URL_TIMEOUT_S
     drain_seconds: float = DEFAULT_DRAIN_SECONDS
     log_json: bool = False
+    loop: str = "auto"  # uvicorn's event loop: auto (uvloop if installed), uvloop, asyncio
+    http: str = "auto"  # uvicorn's HTTP parser: auto (httptools if installed), httptools, h11
 
     @property
     def threads_for_decoding(self) -> int:
