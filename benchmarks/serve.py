@@ -279,6 +279,14 @@ def main() -> None:
         help="also measure the service started with these options (after --service-args), "
         'in the same run, e.g. "--loop asyncio --http h11"; repeatable',
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="rounds at 32 clients of the service and its variants, taken in turn "
+        "(default: %(default)s)",
+    )
     parser.add_argument("--naive-port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.naive_port:
@@ -327,6 +335,14 @@ def main() -> None:
                     extra = f"mean batch so far {mean_batch_size(process.url('')):.1f}"
                 lines.append(row(name, str(clients), result, extra))
                 print(lines[-1], flush=True)
+        # More rounds at 32 clients, the service targets in turn: on a shared machine the
+        # others' load changes within seconds, so only interleaved rounds compare options.
+        for number in range(2, args.rounds + 1):
+            for name, (process, path) in targets.items():
+                if name.startswith("service"):
+                    result = timed_load(process, path, bodies, 32, args.requests[2])
+                    lines.append(row(name, f"32 (round {number})", result))
+                    print(lines[-1], flush=True)
     folder = predict_folder(args.weights, args.backend)
     lines.append(row("--predict folder", "-", folder, "images/s, batches of 32"))
     service32, naive32 = results["service", 32], results["naive", 32]

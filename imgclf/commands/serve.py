@@ -103,8 +103,8 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
         type=int,
         default=defaults.DEFAULT_INLINE_MAX_PIXELS,
         metavar="N",
-        help="JPEGs of at most N pixels are decoded on the event loop, larger images in the "
-        "decoding threads; 0: all in the threads (default: %(default)s)",
+        help="decode JPEGs of at most N pixels on the event loop instead of the decoding "
+        "threads (default: %(default)s: every image in the threads)",
     )
     add(
         "--allow-urls",

@@ -1,8 +1,8 @@
 """The service's work, apart from HTTP: images in → the `--predict --json` payload out.
 
-Per request: each image is checked, decoded and preprocessed (a small JPEG on the event loop,
-where that is cheaper than a thread hop; anything larger in the decoding threads) and, as soon
-as it is ready, queued for the micro-batcher; the answers are assembled by `--predict`'s own
+Per request: each image is checked, decoded and preprocessed in the decoding threads (or, with
+--inline-max-pixels, a small JPEG on the event loop itself) and, as soon as it is ready, queued
+for the micro-batcher; the answers are assembled by `--predict`'s own
 payload code (imgclf.predict.prediction), so the classes and probabilities are those of
 `utils/inference.py --predict --json` for the same image and weights.
 A refused image is a result with its reason; it never fails the other images of the request.
@@ -124,7 +124,7 @@ class Service:
 
     async def start(self) -> None:
         """Start batching and fetching, and warm up in the background (ready afterwards)."""
-        # Small images are prepared on the loop's thread (uploads.prepared_inline): one torch
+        # With --inline-max-pixels small images are prepared on the loop's thread: one torch
         # thread there, as in the decoding threads, so the engine keeps its cores.
         torch.set_num_threads(1)
         self.batcher.start()
@@ -187,9 +187,9 @@ class Service:
     async def _through(
         self, batcher: MicroBatcher, images: list[ImageInput]
     ) -> list[ImageOutcome]:
-        """Decode every image (small JPEGs on the loop, others in the decoding threads) and
-        score it through `batcher`, in order; an
-        image that cannot be read or decoded is an outcome with its reason, not an error."""
+        """Decode every image (in the decoding threads; JPEGs up to --inline-max-pixels on the
+        loop) and score it through `batcher`, in order; an image that cannot be read or decoded
+        is an outcome with its reason, not an error."""
         self.metrics.images.inc(len(images))
         readable = sum(image.data is not None for image in images)
         with batcher.expect(readable) as expected:

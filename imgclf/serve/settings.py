@@ -13,12 +13,11 @@ from dataclasses import dataclass
 DEFAULT_MAX_BATCH_SIZE = 32
 DEFAULT_MAX_WAIT_MS = 2.0
 DEFAULT_MAX_QUEUE = 128
-# JPEGs up to this many pixels are prepared on the event loop itself: a 100x100 photo takes
-# about 0.3 ms there, while in a decoding thread it costs about 0.6 ms of CPU (the hop, and the
-# GIL shared with the loop), which on 2 cores costs throughput (measured: docs/serve.md).
-# Larger images and other formats go to the decoding threads: one big upload never stalls the
-# loop. 0 sends every image to the decoding threads.
-DEFAULT_INLINE_MAX_PIXELS = 256 * 256
+# Every image is decoded in the decoding threads (0): with uvloop + httptools, preparing the
+# 100x100 demo photos on the event loop instead (--inline-max-pixels 65536) was no faster at 32
+# clients on 2 cores (measured side by side: docs/serve.md), and the loop never stalls on an
+# upload. A JPEG of at most N pixels is prepared on the loop with --inline-max-pixels N.
+DEFAULT_INLINE_MAX_PIXELS = 0
 # The downloader's default body cap (FetchOptions.max_bytes): the same idea of "too large".
 DEFAULT_MAX_BODY_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_IMAGES = 32
@@ -35,7 +34,7 @@ def default_decode_threads() -> int:
 
 def default_engine_threads() -> int:
     """The eager / TorchScript engine's torch threads: one core fewer than the machine has,
-    so the event loop (HTTP, parsing, small images) keeps a core of its own (on 2 cores: 329
+    so the event loop (HTTP, parsing, answers) keeps a core of its own (on 2 cores: 329
     against 237 requests/s at 32 clients, measured: docs/serve.md)."""
     return max(1, (os.cpu_count() or 1) - 1)
 

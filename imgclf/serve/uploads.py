@@ -5,7 +5,7 @@ from the bytes, pixel limit before decoding, a strict full decode), so the servi
 exactly what `utils/download_data.py` would refuse, with the same reason word. Accepted bytes are
 then decoded and preprocessed by the code `--predict` uses (`decode_rgb`, the model's eval
 preset), so both see the same pixels. Runs in the decoding threads, or on the event loop for a
-small JPEG (`prepared_inline`).
+small JPEG when --inline-max-pixels asks for it (`prepared_inline`).
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ def describe(reason: str) -> str:
 def prepared_inline(data: bytes, max_pixels: int) -> bool:
     """True for a JPEG of at most `max_pixels` pixels (--inline-max-pixels): prepared on the
     event loop itself rather than in a decoding thread."""
+    if max_pixels <= 0:
+        return False
     frame = jpeg_frame(data)
     return frame is not None and frame[2] * frame[3] <= max_pixels
 

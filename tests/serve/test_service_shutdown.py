@@ -1,7 +1,8 @@
 """SIGTERM during a request: the service drains (unready, new work refused, the request in
 progress answered), then exits 0. A short-lived service process of its own: the signal ends it.
-It runs without --index, so it also answers /search with how to enable it, and on asyncio's
-own loop with the pure-Python h11 parser: the fallback when uvloop and httptools are missing.
+It runs without --index, so it also answers /search with how to enable it, on asyncio's own
+loop with the pure-Python h11 parser (the fallback when uvloop and httptools are missing), and
+prepares small JPEGs on the event loop (--inline-max-pixels) instead of the decoding threads.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def test_sigterm_drains_requests_in_progress_then_exits_0(mobilenet_weights, tin
         f"POST /predict HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: {len(body)}\r\n"
         f"Content-Type: {request.headers['Content-Type']}\r\n\r\n"
     ).encode()
-    fallback = ("--loop", "asyncio", "--http", "h11")
+    fallback = ("--loop", "asyncio", "--http", "h11", "--inline-max-pixels", "65536")
     with ServiceProcess(mobilenet_weights, "--drain-seconds", "60", *fallback) as service:
         client = httpx.Client(base_url=service.url(""), timeout=30)
         # Started without --index: /search says how to enable it.
