@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -270,6 +271,22 @@ def main() -> None:
         metavar="ARGS",
         help='more options for utils/serve.py, e.g. "--max-wait-ms 5 --max-batch-size 16"',
     )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="ARGS",
+        help="also measure the service started with these options (after --service-args), "
+        'in the same run, e.g. "--loop asyncio --http h11"; repeatable',
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="rounds at 32 clients of the service and its variants, taken in turn "
+        "(default: %(default)s)",
+    )
     parser.add_argument("--naive-port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.naive_port:
@@ -292,12 +309,18 @@ def main() -> None:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     results: dict[tuple[str, int], dict] = {}
-    with (
-        ServiceProcess(args.weights, *service_args) as service,
-        NaiveProcess(args.weights, args.backend) as naive,
-    ):
+    with contextlib.ExitStack() as running:
+        service = running.enter_context(ServiceProcess(args.weights, *service_args))
+        variants = {
+            f"service {variant}": running.enter_context(
+                ServiceProcess(args.weights, *service_args, *shlex.split(variant))
+            )
+            for variant in args.variant
+        }
+        naive = running.enter_context(NaiveProcess(args.weights, args.backend))
         targets = {
             "service": (service, "/predict"),
+            **{name: (process, "/predict") for name, process in variants.items()},
             "naive": (naive, "/predict"),
             "floor (parse only)": (naive, "/floor"),
         }
@@ -308,10 +331,18 @@ def main() -> None:
                 result = timed_load(process, path, bodies, clients, requests, args.row_seconds)
                 results[name, clients] = result
                 extra = ""
-                if name == "service":
-                    extra = f"mean batch so far {mean_batch_size(service.url('')):.1f}"
+                if name.startswith("service"):
+                    extra = f"mean batch so far {mean_batch_size(process.url('')):.1f}"
                 lines.append(row(name, str(clients), result, extra))
                 print(lines[-1], flush=True)
+        # More rounds at 32 clients, the service targets in turn: on a shared machine the
+        # others' load changes within seconds, so only interleaved rounds compare options.
+        for number in range(2, args.rounds + 1):
+            for name, (process, path) in targets.items():
+                if name.startswith("service"):
+                    result = timed_load(process, path, bodies, 32, args.requests[2])
+                    lines.append(row(name, f"32 (round {number})", result))
+                    print(lines[-1], flush=True)
     folder = predict_folder(args.weights, args.backend)
     lines.append(row("--predict folder", "-", folder, "images/s, batches of 32"))
     service32, naive32 = results["service", 32], results["naive", 32]
@@ -324,6 +355,13 @@ def main() -> None:
         f"folder = {results['floor (parse only)', 32]['throughput'] / folder['throughput']:.2f}x, "
         f"errors {sum(result['errors'] for result in results.values())} (goal 0)"
     )
+    for name in variants:
+        variant32 = results[name, 32]
+        print(
+            f"at 32 clients: {name} / service = "
+            f"{variant32['throughput'] / service32['throughput']:.2f}x, p99 "
+            f"{variant32['p99']:.0f} ms"
+        )
 
 
 if __name__ == "__main__":

@@ -99,6 +99,14 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
         help="torch threads of the engine (eager, TorchScript) (default: cores - 1, at least 1)",
     )
     add(
+        "--inline-max-pixels",
+        type=int,
+        default=defaults.DEFAULT_INLINE_MAX_PIXELS,
+        metavar="N",
+        help="decode JPEGs of at most N pixels on the event loop instead of the decoding "
+        "threads (default: %(default)s: every image in the threads)",
+    )
+    add(
         "--allow-urls",
         action="store_true",
         help='accept a JSON body {"urls": [...]}: fetched with the downloader\'s safeguards',
@@ -124,6 +132,18 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
         help="after SIGTERM, longest wait for requests in progress (default: %(default)s)",
     )
     add("--log-json", action="store_true", help="log one JSON object per request")
+    add(
+        "--loop",
+        choices=("auto", "uvloop", "asyncio"),
+        default=ServiceSettings.loop,
+        help="event loop (default: %(default)s: uvloop if installed, else asyncio)",
+    )
+    add(
+        "--http",
+        choices=("auto", "httptools", "h11"),
+        default=ServiceSettings.http,
+        help="HTTP parser (default: %(default)s: httptools if installed, else h11)",
+    )
     args = parser.parse_args(argv)
     for name in ("max_batch_size", "max_queue", "max_body_bytes", "max_images", "deadline_ms"):
         if getattr(args, name) < 1:
@@ -132,7 +152,13 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
         parser.error("--topk must be between 1 and 1000")
     if not 0 <= args.port <= 65535:
         parser.error("--port must be between 0 and 65535")
-    for name in ("max_wait_ms", "decode_threads", "engine_threads", "drain_seconds"):
+    for name in (
+        "max_wait_ms",
+        "decode_threads",
+        "engine_threads",
+        "inline_max_pixels",
+        "drain_seconds",
+    ):
         if getattr(args, name) < 0:
             parser.error(f"--{name.replace('_', '-')} must be 0 or more")
     if args.url_timeout <= 0:
@@ -154,11 +180,14 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
         topk=args.topk,
         decode_threads=args.decode_threads,
         engine_threads=args.engine_threads,
+        inline_max_pixels=args.inline_max_pixels,
         allow_urls=args.allow_urls,
         allow_private_urls=args.allow_private_urls,
         url_timeout_s=args.url_timeout,
         drain_seconds=args.drain_seconds,
         log_json=args.log_json,
+        loop=args.loop,
+        http=args.http,
     )
 
 
@@ -180,6 +209,8 @@ def run(settings: ServiceSettings) -> int:
         port=settings.port,
         state=app.state.service.state,
         drain_seconds=settings.drain_seconds,
+        loop=settings.loop,
+        http=settings.http,
     )
     return EXIT_OK
 

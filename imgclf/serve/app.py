@@ -25,6 +25,7 @@ from imgclf.serve.access_log import AccessLog
 from imgclf.serve.limits import RequestLimits
 from imgclf.serve.multipart import MultipartError, TooManyFiles, parse_multipart
 from imgclf.serve.schemas import Health, Info, PredictResponse, Problem, SearchResponse
+from imgclf.serve.server import loop_and_parser
 from imgclf.serve.service import ImageInput, Service
 from imgclf.serve.settings import RETRY_AFTER_S, ServiceSettings
 
@@ -357,6 +358,7 @@ def _search_index(service: Service) -> dict | None:
 
 def _info(service: Service) -> dict:
     spec, settings = service.predictor.spec, service.settings
+    loop, http = loop_and_parser(settings.loop, settings.http)
     return {
         "arch": spec.arch,
         "classes": list(spec.classes),
@@ -375,12 +377,21 @@ def _info(service: Service) -> dict:
             "deadline_ms": settings.deadline_ms,
             "allow_urls": settings.allow_urls,
         },
+        "server": {"loop": loop, "http": http},
         "versions": {
             "imgclf": __version__,
             "python": platform.python_version(),
             **{
                 name: _package_version(name)
-                for name in ("torch", "torchvision", "onnxruntime", "fastapi", "uvicorn")
+                for name in (
+                    "torch",
+                    "torchvision",
+                    "onnxruntime",
+                    "fastapi",
+                    "uvicorn",
+                    "uvloop",
+                    "httptools",
+                )
             },
         },
     }

@@ -93,6 +93,7 @@ class Info(BaseModel):
     search: bool
     search_index: SearchIndex | None = None
     limits: dict[str, float | int | bool]
+    server: dict[str, str]
     versions: dict[str, str]
 
 

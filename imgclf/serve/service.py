@@ -1,8 +1,8 @@
 """The service's work, apart from HTTP: images in → the `--predict --json` payload out.
 
-Per request: each image is checked, decoded and preprocessed (a small JPEG on the event loop,
-where that is cheaper than a thread hop; anything larger in the decoding threads) and, as soon
-as it is ready, queued for the micro-batcher; the answers are assembled by `--predict`'s own
+Per request: each image is checked, decoded and preprocessed in the decoding threads (or, with
+--inline-max-pixels, a small JPEG on the event loop itself) and, as soon as it is ready, queued
+for the micro-batcher; the answers are assembled by `--predict`'s own
 payload code (imgclf.predict.prediction), so the classes and probabilities are those of
 `utils/inference.py --predict --json` for the same image and weights.
 A refused image is a result with its reason; it never fails the other images of the request.
@@ -11,6 +11,7 @@ A refused image is a result with its reason; it never fails the other images of 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +39,8 @@ logger = logging.getLogger("imgclf.serve")
 # Untimed engine calls per batch size at start-up: eager torch builds its kernels for a new
 # input shape during its first two calls (Predictor.warm_up).
 WARM_UP_CALLS = 2
+# Allocations (net of frees) before the collector's youngest pass; Python's default is 700.
+GC_YOUNG_THRESHOLD = 50_000
 
 
 @dataclass(frozen=True)
@@ -123,7 +126,7 @@ class Service:
 
     async def start(self) -> None:
         """Start batching and fetching, and warm up in the background (ready afterwards)."""
-        # Small images are prepared on the loop's thread (uploads.prepared_inline): one torch
+        # With --inline-max-pixels small images are prepared on the loop's thread: one torch
         # thread there, as in the decoding threads, so the engine keeps its cores.
         torch.set_num_threads(1)
         self.batcher.start()
@@ -157,6 +160,14 @@ class Service:
             await self.batcher.run_in_engine(self.predictor.warm_up, size, WARM_UP_CALLS)
         if self.embed_batcher is not None:
             await self.batcher.run_in_engine(self._embed_rows, _blank_batch(self.predictor))
+        # What is loaded by now (torch, the model, FastAPI) lives as long as the process: frozen
+        # out of the collector's sight, a full collection no longer walks it (each took 315-361
+        # ms under load, the cause of the p99: docs/serve.md). A request's objects are freed by
+        # their reference counts, so young collections found little: a rarer first one saves
+        # the loop about 50 us per request (none ran in 7,500 requests at 50,000).
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(GC_YOUNG_THRESHOLD)
         self.state.warm_up_seconds = time.perf_counter() - start
         self.state.warmed_up = True
         logger.info(
@@ -181,9 +192,9 @@ class Service:
     async def _through(
         self, batcher: MicroBatcher, images: list[ImageInput]
     ) -> list[ImageOutcome]:
-        """Decode every image (small JPEGs on the loop, others in the decoding threads) and
-        score it through `batcher`, in order; an
-        image that cannot be read or decoded is an outcome with its reason, not an error."""
+        """Decode every image (in the decoding threads; JPEGs up to --inline-max-pixels on the
+        loop) and score it through `batcher`, in order; an image that cannot be read or decoded
+        is an outcome with its reason, not an error."""
         self.metrics.images.inc(len(images))
         readable = sum(image.data is not None for image in images)
         with batcher.expect(readable) as expected:
@@ -191,7 +202,7 @@ class Service:
             async def one(image: ImageInput) -> ImageOutcome:
                 if image.data is None:
                     return ImageOutcome(image.reason)
-                if prepared_inline(image.data):
+                if prepared_inline(image.data, self.settings.inline_max_pixels):
                     prepared = prepare_image(self.predictor, image.data)
                 else:
                     prepared = await asyncio.get_running_loop().run_in_executor(

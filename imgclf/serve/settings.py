@@ -13,6 +13,11 @@ from dataclasses import dataclass
 DEFAULT_MAX_BATCH_SIZE = 32
 DEFAULT_MAX_WAIT_MS = 2.0
 DEFAULT_MAX_QUEUE = 128
+# Every image is decoded in the decoding threads (0): with uvloop + httptools, preparing the
+# 100x100 demo photos on the event loop instead (--inline-max-pixels 65536) was no faster at 32
+# clients on 2 cores (measured side by side: docs/serve.md), and the loop never stalls on an
+# upload. A JPEG of at most N pixels is prepared on the loop with --inline-max-pixels N.
+DEFAULT_INLINE_MAX_PIXELS = 0
 # The downloader's default body cap (FetchOptions.max_bytes): the same idea of "too large".
 DEFAULT_MAX_BODY_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_IMAGES = 32
@@ -29,7 +34,7 @@ def default_decode_threads() -> int:
 
 def default_engine_threads() -> int:
     """The eager / TorchScript engine's torch threads: one core fewer than the machine has,
-    so the event loop (HTTP, parsing, small images) keeps a core of its own (on 2 cores: 329
+    so the event loop (HTTP, parsing, answers) keeps a core of its own (on 2 cores: 329
     against 237 requests/s at 32 clients, measured: docs/serve.md)."""
     return max(1, (os.cpu_count() or 1) - 1)
 
@@ -52,11 +57,14 @@ class ServiceSettings:
     topk: int = 5
     decode_threads: int = 0  # 0: default_decode_threads()
     engine_threads: int = 0  # 0: default_engine_threads()
+    inline_max_pixels: int = DEFAULT_INLINE_MAX_PIXELS
     allow_urls: bool = False
     allow_private_urls: bool = False
     url_timeout_s: float = DEFAULT_URL_TIMEOUT_S
     drain_seconds: float = DEFAULT_DRAIN_SECONDS
     log_json: bool = False
+    loop: str = "auto"  # uvicorn's event loop: auto (uvloop if installed), uvloop, asyncio
+    http: str = "auto"  # uvicorn's HTTP parser: auto (httptools if installed), httptools, h11
 
     @property
     def threads_for_decoding(self) -> int:

@@ -5,7 +5,7 @@ from the bytes, pixel limit before decoding, a strict full decode), so the servi
 exactly what `utils/download_data.py` would refuse, with the same reason word. Accepted bytes are
 then decoded and preprocessed by the code `--predict` uses (`decode_rgb`, the model's eval
 preset), so both see the same pixels. Runs in the decoding threads, or on the event loop for a
-small JPEG (`prepared_inline`).
+small JPEG when --inline-max-pixels asks for it (`prepared_inline`).
 """
 
 from __future__ import annotations
@@ -25,11 +25,6 @@ from imgclf.model.predictor import Predictor
 VALIDATION = ValidationOptions(min_side=1)
 # Refusals meaning "this is not an image we read" (415); every other reason is 422.
 UNSUPPORTED_MEDIA = frozenset({"not_image", "unsupported_format"})
-# JPEGs up to this many pixels are prepared on the event loop itself: a 100x100 photo takes
-# about 0.4 ms, less than a hop to a decoding thread and back costs the loop and the GIL
-# (measured: docs/benchmarks.md, HTTP service). Larger images and other formats go to the
-# decoding threads, so one big upload never stalls the loop.
-INLINE_MAX_PIXELS = 256 * 256
 
 
 @dataclass(frozen=True)
@@ -47,10 +42,13 @@ def describe(reason: str) -> str:
     return f"{reason}: {explanation}" if explanation else reason
 
 
-def prepared_inline(data: bytes) -> bool:
-    """True for a JPEG small enough to prepare on the event loop (INLINE_MAX_PIXELS)."""
+def prepared_inline(data: bytes, max_pixels: int) -> bool:
+    """True for a JPEG of at most `max_pixels` pixels (--inline-max-pixels): prepared on the
+    event loop itself rather than in a decoding thread."""
+    if max_pixels <= 0:
+        return False
     frame = jpeg_frame(data)
-    return frame is not None and frame[2] * frame[3] <= INLINE_MAX_PIXELS
+    return frame is not None and frame[2] * frame[3] <= max_pixels
 
 
 def prepare_image(predictor: Predictor, data: bytes) -> Prepared:

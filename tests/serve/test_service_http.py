@@ -356,7 +356,8 @@ def test_health_and_info(client, mobilenet_weights, search_index):
     assert info["backend"] == "torch"
     assert info["weights_sha256"] == hashlib.sha256(mobilenet_weights.read_bytes()).hexdigest()
     assert info["limits"]["max_images"] == MAX_IMAGES
-    assert {"torch", "fastapi", "uvicorn"} <= set(info["versions"])
+    assert {"torch", "fastapi", "uvicorn", "uvloop", "httptools"} <= set(info["versions"])
+    assert info["server"] == {"loop": "uvloop", "http": "httptools"}  # both pinned
     assert info["search"] is True
     assert info["search_index"] == {
         "path": str(search_index),

@@ -1,6 +1,8 @@
 """SIGTERM during a request: the service drains (unready, new work refused, the request in
 progress answered), then exits 0. A short-lived service process of its own: the signal ends it.
-It runs without --index, so it also answers /search with how to enable it.
+It runs without --index, so it also answers /search with how to enable it, on asyncio's own
+loop with the pure-Python h11 parser (the fallback when uvloop and httptools are missing), and
+prepares small JPEGs on the event loop (--inline-max-pixels) instead of the decoding threads.
 """
 
 from __future__ import annotations
@@ -25,12 +27,15 @@ def test_sigterm_drains_requests_in_progress_then_exits_0(mobilenet_weights, tin
         f"POST /predict HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: {len(body)}\r\n"
         f"Content-Type: {request.headers['Content-Type']}\r\n\r\n"
     ).encode()
-    with ServiceProcess(mobilenet_weights, "--drain-seconds", "60") as service:
+    fallback = ("--loop", "asyncio", "--http", "h11", "--inline-max-pixels", "65536")
+    with ServiceProcess(mobilenet_weights, "--drain-seconds", "60", *fallback) as service:
         client = httpx.Client(base_url=service.url(""), timeout=30)
         # Started without --index: /search says how to enable it.
         search = client.post("/search?k=5", files=upload((photo.name, photo.read_bytes())))
         assert search.status_code == 404 and "--index index/" in search.json()["detail"]
-        assert client.get("/info").json()["search"] is False
+        info = client.get("/info").json()
+        assert info["search"] is False
+        assert info["server"] == {"loop": "asyncio", "http": "h11"}
         # A request in progress: its upload stops halfway until the drain has begun.
         in_progress = socket.create_connection((HOST, service.port))
         in_progress.sendall(head + body[: len(body) // 2])
