@@ -32,6 +32,13 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
         choices=("torch", "torchscript", "onnxruntime"),
         help="inference engine (default: torch for a .pth, else the exported file's own)",
     )
+    add(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average each image with its mirror (twice the model calls); default: as the "
+        "weights file says, like utils/inference.py",
+    )
     add("--index", metavar="DIR", help="search index folder (enables POST /search)")
     add("--host", default=ServiceSettings.host, help="address to listen on (default: %(default)s)")
     add("--port", type=int, default=ServiceSettings.port, help="port (default: %(default)s)")
@@ -168,6 +175,7 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
     return ServiceSettings(
         weights=args.weights,
         backend=args.backend,
+        tta=args.tta,
         index=args.index,
         host=args.host,
         port=args.port,
@@ -200,7 +208,7 @@ def run(settings: ServiceSettings) -> int:
     from imgclf.serve.server import serve
 
     configure_logging()
-    predictor = load_predictor(settings.weights, settings.backend)
+    predictor = load_predictor(settings.weights, settings.backend, tta=settings.tta)
     gallery = load_index(settings, predictor) if settings.index else None
     app = create_app(settings, predictor, gallery)
     serve(

@@ -366,6 +366,7 @@ def _info(service: Service) -> dict:
         "weights": service.predictor.source,
         "weights_sha256": service.weights_sha256,
         "backend": service.predictor.backend,
+        "tta": service.predictor.tta,
         "search": service.gallery is not None,
         "search_index": _search_index(service),
         "limits": {

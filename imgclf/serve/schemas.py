@@ -56,6 +56,7 @@ class PredictResponse(BaseModel):
     weights_sha256: str
     model: str
     backend: str
+    tta: bool = Field(description="each image averaged with its mirror")
     batch_size: int = Field(description="the service's maximum batch size")
     images: int
     failed: int
@@ -90,6 +91,7 @@ class Info(BaseModel):
     weights: str
     weights_sha256: str
     backend: str
+    tta: bool
     search: bool
     search_index: SearchIndex | None = None
     limits: dict[str, float | int | bool]

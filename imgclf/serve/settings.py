@@ -45,6 +45,7 @@ class ServiceSettings:
 
     weights: str = "weights/mobilenet_v3_small.pth"
     backend: str | None = None
+    tta: bool | None = None  # None: as the weights file says (export.tta)
     index: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000

@@ -24,6 +24,7 @@ import pytest
 from PIL import Image
 
 from imgclf.commands import search as search_command
+from imgclf.model.weights import load_weights
 from tests.conftest import DEMO_DATA, ROOT
 from tests.serve.service_fixtures import (
     HOST,
@@ -114,6 +115,7 @@ def test_predict_answers_exactly_like_the_cli(client, photos, mobilenet_weights)
     assert payload["arch"] == "mobilenet_v3_small"
     assert payload["weights_sha256"] == hashlib.sha256(mobilenet_weights.read_bytes()).hexdigest()
     assert payload["images"] == len(photos) and payload["failed"] == 0
+    assert payload["tta"] is load_weights(mobilenet_weights).tta  # the CLI's default too
     assert [result["input"] for result in payload["results"]] == [path.name for path in photos]
     for served, printed in zip(payload["results"], expected, strict=True):
         assert [entry["class"] for entry in served["top"]] == [
@@ -354,6 +356,7 @@ def test_health_and_info(client, mobilenet_weights, search_index):
     assert info["classes"] == ["circle", "square", "triangle"]
     assert info["preprocessing"]["img_size"] == 64
     assert info["backend"] == "torch"
+    assert info["tta"] is load_weights(mobilenet_weights).tta  # as the weights file says
     assert info["weights_sha256"] == hashlib.sha256(mobilenet_weights.read_bytes()).hexdigest()
     assert info["limits"]["max_images"] == MAX_IMAGES
     assert {"torch", "fastapi", "uvicorn", "uvloop", "httptools"} <= set(info["versions"])
