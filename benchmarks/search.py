@@ -37,7 +37,7 @@ same weights at another input size, where the model dominates), rows interleaved
   ceiling         Predictor.embed on ready (batch, 3, S, S) tensors, on all cores' torch
                   threads and on the build's setting (imgclf.search.embedding.split_cores); the
                   faster is the ceiling;
-  floor           the loader alone (ItemImages: read, decode, eval preset, collate), no model;
+  floor           the loader alone (ItemImages: read, decode, eval preset of the batch), no model;
                   also in-process on a pool of threads instead of worker processes (the GIL
                   keeps it near one thread's rate, so the build keeps its worker processes);
   embed stream    embed_batches: the loader's workers and the engine together;
@@ -252,20 +252,10 @@ def build_rows(weights: Path, data: Path, batch: int, repeats: int) -> None:
         return run
 
     def floor(loader_workers: int) -> Callable[[], None]:
-        from torch.utils.data import DataLoader
-
-        from imgclf.predict.batches import ItemImages, collate, warm_up_worker
+        from imgclf.predict.batches import ItemImages, image_batches
 
         def run() -> None:
-            dataset = ItemImages(items, predictor.preset)
-            loader = DataLoader(
-                dataset,
-                batch_size=batch,
-                num_workers=loader_workers,
-                collate_fn=collate,
-                worker_init_fn=warm_up_worker,
-            )
-            for _ in loader:
+            for _ in image_batches(ItemImages(items, predictor.preset), batch, loader_workers):
                 pass
 
         return run
@@ -273,13 +263,13 @@ def build_rows(weights: Path, data: Path, batch: int, repeats: int) -> None:
     def threads_floor(decode_threads: int) -> Callable[[], None]:
         from concurrent.futures import ThreadPoolExecutor
 
-        from imgclf.predict.batches import ItemImages, collate
+        from imgclf.predict.batches import ItemImages
 
         dataset = ItemImages(items, predictor.preset)
         dataset.warm_up()
 
         def load(start: int):
-            return collate([dataset[i] for i in range(start, min(start + batch, count))])
+            return dataset.__getitems__(range(start, min(start + batch, count)))
 
         def run() -> None:
             with torch_threads(1), ThreadPoolExecutor(decode_threads) as pool:

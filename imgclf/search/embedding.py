@@ -21,11 +21,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from imgclf.model.single_image import torch_threads
-from imgclf.predict.batches import DEFAULT_BATCH_SIZE, ItemImages, collate, warm_up_worker
+from imgclf.predict.batches import DEFAULT_BATCH_SIZE, ItemImages, image_batches
 from imgclf.predict.inputs import Item, read_item
 from imgclf.search.gallery import Embedded
 from imgclf.search.index import as_unit_float32
@@ -72,13 +71,7 @@ def embed_batches(
     if not workers:
         threads = os.cpu_count() or 1
     dataset = ItemImages(items, predictor.preset, block_private=settings.block_private)
-    loader = DataLoader(
-        dataset,
-        batch_size=settings.batch_size,
-        num_workers=workers,
-        collate_fn=collate,
-        worker_init_fn=warm_up_worker if workers else None,
-    )
+    loader = image_batches(dataset, settings.batch_size, workers)
     dim, classes = predictor.embedding_size, len(predictor.classes)
     bar = tqdm(
         total=len(items),
