@@ -13,13 +13,13 @@ from imgclf.search.index import as_unit_float32
 from imgclf.search.model import load_search_model
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("workers", [None, 0, 2])
 def test_embeddings_are_the_inference_preprocessing_through_the_model(
     fitted_weights, tiny_root, workers
 ):
-    """embed_items (the build's path, with loader workers or without) gives bit for bit the
-    features of the images decoded and preprocessed one at a time, as Predictor.classify does,
-    through the same engine in batches of the same size."""
+    """embed_items (in lanes, the default; in-process; beside loader processes) gives bit for
+    bit the features of the images decoded and preprocessed one at a time, as
+    Predictor.classify does, through the same engine in batches of the same size."""
     predictor = load_search_model(fitted_weights).predictor
     paths = sorted(tiny_root.rglob("*.jpg"))
     batch = 8
