@@ -34,21 +34,22 @@ them; index builds and the nprobe calibration on all cores:
 `--part build` (or `all`): `python utils/search.py build` over a real image folder (default the
 bundled digits), images/s, at the weights' own size and again at `--build-img-size` (224: the
 same weights at another input size, where the model dominates), rows interleaved:
-  ceiling         Predictor.embed on ready (batch, 3, S, S) tensors, on all cores' torch
-                  threads and on the build's setting (imgclf.search.embedding.split_cores); the
-                  faster is the ceiling;
-  floor           the loader alone (ItemImages: read, decode, eval preset of the batch), no model;
-                  also in-process on a pool of threads instead of worker processes (the GIL
-                  keeps it near one thread's rate, so the build keeps its worker processes);
-  embed stream    embed_batches: the loader's workers and the engine together;
+  ceiling         Predictor.embed on ready (batch, 3, S, S) tensors on all cores' torch
+                  threads and on one; the faster is the ceiling (the bare batched model call);
+  bare lanes      the same calls from one Python thread per core, one torch thread each (the
+                  model part of the build's lanes: the most the model does on these cores);
+  floor           the loader alone (ItemImages: read, decode, eval preset of the batch), no
+                  model: in worker processes, and in-process on 1 thread (what one lane
+                  spends loading) and on a thread per core (the GIL holds it near 1 thread);
+  embed stream    embed_batches: lanes (the default), and 1 loader process beside the engine;
   build           the whole build from scratch into a fresh folder: listing and hashing the
                   files, the embed stream, FAISS, the atomic write; build / ceiling is the
                   target (>= 0.9);
   naive           what a user would write: PIL, torchvision's classic transforms, the model
                   per batch of the same size, in one process;
   estimate        1 / (1/ceiling + 1/floor): model and floor on the same cores with perfect
-                  overlap, at the ceiling's efficiency (a model on fewer threads per core can
-                  do a little better);
+                  overlap at the ceiling's efficiency; and for lanes cores / (cores/bare lanes
+                  + 1/floor on 1 thread): each image's model time in lanes plus its loading;
 and each fixed step's microseconds per image on one core.
 """
 
@@ -164,7 +165,11 @@ def stage_costs(predictor, paths: list[Path]) -> dict[str, float]:
         "read file": lambda: [path.read_bytes() for path in paths],
         "sha256": lambda: [hashlib.sha256(data).hexdigest() for data in datas],
         "decode (imgclf.decoding)": lambda: [decode_rgb(data) for data in datas],
-        "eval preset (resize, crop, normalise)": lambda: [predictor.preset(p) for p in pixels],
+        "eval preset per image": lambda: [predictor.preset(p) for p in pixels],
+        f"eval preset on batches of {BUILD_BATCH_SIZE} (EvalPreset.batch, the loader's)": lambda: [
+            predictor.preset.batch(pixels[start : start + BUILD_BATCH_SIZE])
+            for start in range(0, len(pixels), BUILD_BATCH_SIZE)
+        ],
     }
     costs = {}
     with one_torch_thread():
