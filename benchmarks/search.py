@@ -34,21 +34,22 @@ them; index builds and the nprobe calibration on all cores:
 `--part build` (or `all`): `python utils/search.py build` over a real image folder (default the
 bundled digits), images/s, at the weights' own size and again at `--build-img-size` (224: the
 same weights at another input size, where the model dominates), rows interleaved:
-  ceiling         Predictor.embed on ready (batch, 3, S, S) tensors, on all cores' torch
-                  threads and on the build's setting (imgclf.search.embedding.split_cores); the
-                  faster is the ceiling;
-  floor           the loader alone (ItemImages: read, decode, eval preset, collate), no model;
-                  also in-process on a pool of threads instead of worker processes (the GIL
-                  keeps it near one thread's rate, so the build keeps its worker processes);
-  embed stream    embed_batches: the loader's workers and the engine together;
+  ceiling         Predictor.embed on ready (batch, 3, S, S) tensors on all cores' torch
+                  threads and on one; the faster is the ceiling (the bare batched model call);
+  bare lanes      the same calls from one Python thread per core, one torch thread each (the
+                  model part of the build's lanes: the most the model does on these cores);
+  floor           the loader alone (ItemImages: read, decode, eval preset of the batch), no
+                  model: in worker processes, and in-process on 1 thread (what one lane
+                  spends loading) and on a thread per core (the GIL holds it near 1 thread);
+  embed stream    embed_batches: lanes (the default), and 1 loader process beside the engine;
   build           the whole build from scratch into a fresh folder: listing and hashing the
                   files, the embed stream, FAISS, the atomic write; build / ceiling is the
                   target (>= 0.9);
   naive           what a user would write: PIL, torchvision's classic transforms, the model
                   per batch of the same size, in one process;
   estimate        1 / (1/ceiling + 1/floor): model and floor on the same cores with perfect
-                  overlap, at the ceiling's efficiency (a model on fewer threads per core can
-                  do a little better);
+                  overlap at the ceiling's efficiency; and for lanes cores / (cores/bare lanes
+                  + 1/floor on 1 thread): each image's model time in lanes plus its loading;
 and each fixed step's microseconds per image on one core.
 """
 
@@ -164,7 +165,11 @@ def stage_costs(predictor, paths: list[Path]) -> dict[str, float]:
         "read file": lambda: [path.read_bytes() for path in paths],
         "sha256": lambda: [hashlib.sha256(data).hexdigest() for data in datas],
         "decode (imgclf.decoding)": lambda: [decode_rgb(data) for data in datas],
-        "eval preset (resize, crop, normalise)": lambda: [predictor.preset(p) for p in pixels],
+        "eval preset per image": lambda: [predictor.preset(p) for p in pixels],
+        f"eval preset on batches of {BUILD_BATCH_SIZE} (EvalPreset.batch, the loader's)": lambda: [
+            predictor.preset.batch(pixels[start : start + BUILD_BATCH_SIZE])
+            for start in range(0, len(pixels), BUILD_BATCH_SIZE)
+        ],
     }
     costs = {}
     with one_torch_thread():
@@ -229,7 +234,7 @@ def build_rows(weights: Path, data: Path, batch: int, repeats: int) -> None:
     from imgclf.model.single_image import torch_threads
     from imgclf.predict.inputs import Item
     from imgclf.search.building import build
-    from imgclf.search.embedding import EmbedderSettings, embed_batches, split_cores
+    from imgclf.search.embedding import EmbedderSettings, embed_batches
     from imgclf.search.model import load_search_model
 
     model = load_search_model(weights)
@@ -238,7 +243,6 @@ def build_rows(weights: Path, data: Path, batch: int, repeats: int) -> None:
     paths = [data / s.path for s in samples]
     items = [Item(str(path)) for path in paths]
     count = len(items)
-    workers, threads = split_cores()
     cores = os.cpu_count() or 1
     ready = torch.stack([predictor.preset(predictor_input) for predictor_input in _decoded(paths)])
     settings = EmbedderSettings(batch, None, None)
@@ -251,21 +255,24 @@ def build_rows(weights: Path, data: Path, batch: int, repeats: int) -> None:
 
         return run
 
-    def floor(loader_workers: int) -> Callable[[], None]:
-        from torch.utils.data import DataLoader
-
-        from imgclf.predict.batches import ItemImages, collate, warm_up_worker
+    def bare_lanes(lanes: int) -> Callable[[], None]:
+        from concurrent.futures import ThreadPoolExecutor
 
         def run() -> None:
-            dataset = ItemImages(items, predictor.preset)
-            loader = DataLoader(
-                dataset,
-                batch_size=batch,
-                num_workers=loader_workers,
-                collate_fn=collate,
-                worker_init_fn=warm_up_worker,
-            )
-            for _ in loader:
+            starts = range(0, count, batch)
+            with torch_threads(1), ThreadPoolExecutor(lanes) as pool:
+                for _ in pool.map(
+                    lambda start: predictor.embed(ready[start : start + batch]), starts
+                ):
+                    pass
+
+        return run
+
+    def floor(loader_workers: int) -> Callable[[], None]:
+        from imgclf.predict.batches import ItemImages, image_batches
+
+        def run() -> None:
+            for _ in image_batches(ItemImages(items, predictor.preset), batch, loader_workers):
                 pass
 
         return run
@@ -273,13 +280,13 @@ def build_rows(weights: Path, data: Path, batch: int, repeats: int) -> None:
     def threads_floor(decode_threads: int) -> Callable[[], None]:
         from concurrent.futures import ThreadPoolExecutor
 
-        from imgclf.predict.batches import ItemImages, collate
+        from imgclf.predict.batches import ItemImages
 
         dataset = ItemImages(items, predictor.preset)
         dataset.warm_up()
 
         def load(start: int):
-            return collate([dataset[i] for i in range(start, min(start + batch, count))])
+            return dataset.__getitems__(range(start, min(start + batch, count)))
 
         def run() -> None:
             with torch_threads(1), ThreadPoolExecutor(decode_threads) as pool:
@@ -288,9 +295,12 @@ def build_rows(weights: Path, data: Path, batch: int, repeats: int) -> None:
 
         return run
 
-    def embed_only() -> None:
-        for _ in embed_batches(predictor, items, settings):
-            pass
+    def embed_only(workers: int | None) -> Callable[[], None]:
+        def run() -> None:
+            for _ in embed_batches(predictor, items, EmbedderSettings(batch, workers, None)):
+                pass
+
+        return run
 
     def whole_build() -> None:
         with tempfile.TemporaryDirectory() as folder:
@@ -298,11 +308,13 @@ def build_rows(weights: Path, data: Path, batch: int, repeats: int) -> None:
 
     rows = {
         f"ceiling: bare embed, ready tensors, {cores} torch threads": bare(cores),
-        f"bare embed, ready tensors, {threads} torch thread(s) (build's setting)": bare(threads),
-        f"floor: loader only (read, decode, preset), {cores} workers": floor(cores),
-        f"floor: loader only, {workers} worker(s) (build's setting)": floor(workers),
-        f"threads floor: the same in-process, {cores} threads, no model": threads_floor(cores),
-        f"imgclf embed stream ({workers} worker(s) + engine on {threads} thread(s))": embed_only,
+        "bare embed, ready tensors, 1 torch thread": bare(1),
+        f"bare embed in {cores} lanes (a thread per core, 1 torch thread each)": bare_lanes(cores),
+        f"floor: loader only (read, decode, preset), {cores} worker processes": floor(cores),
+        "floor: the same in-process, 1 thread (a lane's loading)": threads_floor(1),
+        f"floor: the same in-process, {cores} threads": threads_floor(cores),
+        f"embed stream, {cores} lanes (build's default)": embed_only(None),
+        "embed stream, 1 loader process + engine on the other core(s)": embed_only(1),
         "imgclf build (whole command: listing + hashing, embed, FAISS, write)": whole_build,
         "naive: PIL + torchvision transforms + model per batch": naive_embed(
             weights, paths, batch
@@ -331,16 +343,22 @@ def build_rows(weights: Path, data: Path, batch: int, repeats: int) -> None:
             f"  {median / ceiling:5.2f}x"
         )
     names = list(rows)
-    floor_all = float(np.median(rates[names[2]]))
+    median_of = {name: float(np.median(values)) for name, values in rates.items()}
+    lanes_rate, floor_all, floor_one = (median_of[names[i]] for i in (2, 3, 4))
     bound = 1 / (1 / ceiling + 1 / floor_all)
-    built = float(np.median(rates[next(n for n in names if n.startswith("imgclf build"))]))
+    # In lanes the cores share each image's model time (as measured in lanes) and its loading
+    # (on one thread: a lane loads alone), with perfect overlap.
+    lanes_bound = cores / (cores / lanes_rate + 1 / floor_one)
+    built = median_of[next(n for n in names if n.startswith("imgclf build"))]
     print(
         f"  estimate: model and floor sharing the cores, 1 / (1/ceiling + 1/floor) = {bound:.0f} "
-        f"images/s = {bound / ceiling:.2f}x ceiling; build reaches {built / bound:.2f}x of it"
+        f"images/s = {bound / ceiling:.2f}x ceiling; in lanes, cores / (cores/lanes + "
+        f"1/floor on 1 thread) = {lanes_bound:.0f} = {lanes_bound / ceiling:.2f}x; build "
+        f"reaches {built / lanes_bound:.2f}x of the lanes estimate"
     )
     print(
-        f"  ratio build / ceiling: {built / ceiling:.2f} (target >= 0.9); "
-        f"build / naive: {built / float(np.median(rates[names[-1]])):.2f}x"
+        f"  ratio build / ceiling: {built / ceiling:.2f} (target >= 0.9); build / bare lanes: "
+        f"{built / lanes_rate:.2f}; build / naive: {built / median_of[names[-1]]:.2f}x"
     )
     costs = stage_costs(predictor, paths)
     print("  per image on one core (us): " + ", ".join(f"{k} {v:.0f}" for k, v in costs.items()))

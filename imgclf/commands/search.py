@@ -36,7 +36,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--workers",
         type=int,
         metavar="N",
-        help="image loading processes (default: half the cores, at most 4)",
+        help="image loading processes beside the model (default: none, a thread per core "
+        "loads a batch and runs the model on it; 0: load in the main thread)",
     )
     add(
         "--allow-private-urls",

@@ -12,7 +12,7 @@ import functools
 import io
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from imgclf.decoding import decode_rgb
 from imgclf.model.predictor import Predictor
+from imgclf.model.preprocessing import EvalPreset
 from imgclf.model.single_image import one_torch_thread
 from imgclf.predict.inputs import Item, read_item
 
@@ -35,25 +36,33 @@ def inference_workers() -> int:
 
 
 @dataclass
-class Loaded:
-    """One item after reading: its tensor or the reason it failed, and the time it took."""
+class Batch:
+    """A loader batch: the readable items stacked into one tensor, the rest as errors."""
 
-    index: int
+    indices: list[int]  # items in `tensor`, in order
     tensor: torch.Tensor | None
-    error: str | None
-    read_ms: float
-    preprocess_ms: float
+    errors: dict[int, str]
+    read_ms: dict[int, float]
+    preprocess_ms: dict[int, float]
+    size: int
 
 
 class ItemImages(Dataset):
-    """Items → preprocessed tensors; failures are returned, not raised."""
+    """Items → batches of preprocessed tensors; failures are returned, not raised.
+
+    The DataLoader asks for a whole batch at once (`__getitems__`): each item is read and
+    decoded, then the batch is preprocessed together (`EvalPreset.batch`) into one tensor, in
+    shared memory when in a worker, so one segment per batch crosses to the main process and
+    no per-image object is pickled (per-image Python and transfer costs were more than half of
+    the loader's time on small photos: docs/benchmarks.md, Search).
+    """
 
     def __init__(
-        self, items: Sequence[Item], preprocess: Callable, *, block_private: bool = True
+        self, items: Sequence[Item], preset: EvalPreset, *, block_private: bool = True
     ) -> None:
         """`block_private`: URLs may reach only globally routable addresses."""
         self.items = items
-        self.preprocess = preprocess
+        self.preset = preset
         self.block_private = block_private
 
     def __len__(self) -> int:
@@ -63,33 +72,67 @@ class ItemImages(Dataset):
         """Untimed decodes and preprocessing of a small JPEG, so that first-call costs (lazy
         library set-up, first allocations) never land in an item's measured latency (they
         made the first images of a run several times slower: docs/benchmarks.md)."""
-        for _ in range(calls):
-            self._tensor(_warm_up_jpeg())
+        with one_torch_thread():
+            for _ in range(calls):
+                self.preset.batch([decode_rgb(_warm_up_jpeg())])
 
-    def _tensor(self, data: bytes) -> torch.Tensor:
-        """Image file bytes → the preprocessed tensor (decoding errors propagate)."""
-        with one_torch_thread():  # already so in loader workers; the same in-process
-            return self.preprocess(decode_rgb(data))
-
-    def __getitem__(self, index: int) -> Loaded:
-        item = self.items[index]
-        if item.error:
-            return Loaded(index, None, item.error, 0.0, 0.0)
-        start = time.perf_counter()
+    def _decode(self, data: bytes) -> tuple[torch.Tensor | None, str | None]:
+        """Decoded uint8 (3, H, W) pixels, or the reason there are none."""
         try:
-            data = read_item(item, block_private=self.block_private)
-        except OSError as error:
-            return Loaded(index, None, str(error), 0.0, 0.0)
-        read_done = time.perf_counter()
-        try:
-            tensor = self._tensor(data)
+            return decode_rgb(data), None
         except UnidentifiedImageError:
-            return Loaded(index, None, "not an image (no image format recognised)", 0.0, 0.0)
+            return None, "not an image (no image format recognised)"
         except Exception as error:  # any decoder failure is this item's failure only
-            reason = f"broken image ({type(error).__name__}: {error})"
-            return Loaded(index, None, reason, 0.0, 0.0)
-        done = time.perf_counter()
-        return Loaded(index, tensor, None, (read_done - start) * 1e3, (done - read_done) * 1e3)
+            return None, f"broken image ({type(error).__name__}: {error})"
+
+    def __getitems__(self, indices: Sequence[int]) -> Batch:
+        """The batch of `indices` (what the DataLoader asks for; `collate` passes it on)."""
+        zeros = dict.fromkeys(indices, 0.0)
+        batch = Batch([], None, {}, zeros, dict(zeros), len(indices))
+        pixels: list[torch.Tensor] = []
+        with one_torch_thread():  # already so in loader workers; the same in-process
+            for index in indices:
+                item = self.items[index]
+                if item.error:
+                    batch.errors[index] = item.error
+                    continue
+                start = time.perf_counter()
+                try:
+                    data = read_item(item, block_private=self.block_private)
+                except OSError as error:
+                    batch.errors[index] = str(error)
+                    continue
+                read_done = time.perf_counter()
+                image, error = self._decode(data)
+                if image is None:
+                    batch.errors[index] = error or ""
+                    continue
+                batch.read_ms[index] = (read_done - start) * 1e3
+                batch.preprocess_ms[index] = (time.perf_counter() - read_done) * 1e3
+                batch.indices.append(index)
+                pixels.append(image)
+            if not pixels:
+                return batch
+            start = time.perf_counter()
+            batch.tensor = self.preset.batch(pixels, out=self._output(len(pixels)))
+        # Each image's share of the batch's resize and normalisation, after its own decode.
+        share = (time.perf_counter() - start) * 1e3 / len(pixels)
+        for index in batch.indices:
+            batch.preprocess_ms[index] += share
+        return batch
+
+    def __getitem__(self, index: int) -> Batch:
+        return self.__getitems__([index])
+
+    def _output(self, count: int) -> torch.Tensor:
+        """A (count, 3, S, S) float tensor, in shared memory in a loader worker (as
+        default_collate does), so sending it to the main process copies nothing."""
+        size = self.preset.preprocessing.img_size
+        shape = (count, 3, size, size)
+        if get_worker_info() is None:
+            return torch.empty(shape)
+        storage = torch.empty(0)._typed_storage()._new_shared(count * 3 * size * size)
+        return torch.empty(0).new(storage).view(shape)
 
 
 @functools.cache
@@ -105,29 +148,20 @@ def warm_up_worker(worker_id: int) -> None:
     get_worker_info().dataset.warm_up()
 
 
-@dataclass
-class Batch:
-    """A loader batch: the readable items stacked into one tensor, the rest as errors."""
-
-    indices: list[int]  # items in `tensor`, in order
-    tensor: torch.Tensor | None
-    errors: dict[int, str]
-    read_ms: dict[int, float]
-    preprocess_ms: dict[int, float]
-    size: int
+def collate(batch: Batch) -> Batch:
+    """The DataLoader's collate_fn: `ItemImages.__getitems__` already made the batch."""
+    return batch
 
 
-def collate(loaded: list[Loaded]) -> Batch:
-    """Stack in the worker: one shared-memory tensor per batch crosses to the main process,
-    not one per image (a segment per image costs more than decoding a small JPEG)."""
-    good = [item for item in loaded if item.tensor is not None]
-    return Batch(
-        indices=[item.index for item in good],
-        tensor=torch.stack([item.tensor for item in good]) if good else None,
-        errors={item.index: item.error for item in loaded if item.error},
-        read_ms={item.index: item.read_ms for item in loaded},
-        preprocess_ms={item.index: item.preprocess_ms for item in loaded},
-        size=len(loaded),
+def image_batches(dataset: ItemImages, batch_size: int, workers: int) -> DataLoader:
+    """The loader over `dataset` that `--predict`, evaluation and the search share: batches of
+    `batch_size` in order, made by `workers` processes (0: in this process)."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=collate,
+        worker_init_fn=warm_up_worker if workers else None,
     )
 
 
@@ -166,13 +200,7 @@ def predict_items(
     # Worker processes only pay off when there is more than one batch to overlap.
     workers = workers if len(items) > batch_size else 0
     dataset = ItemImages(items, predictor.preset, block_private=block_private)
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=collate,
-        worker_init_fn=warm_up_worker if workers else None,
-    )
+    loader = image_batches(dataset, batch_size, workers)
     size = len(items)
     probabilities = np.full((size, len(predictor.classes)), np.nan)
     read_ms, preprocess_ms, model_ms = np.zeros(size), np.zeros(size), np.zeros(size)

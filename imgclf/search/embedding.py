@@ -1,31 +1,36 @@
-"""Embeddings of many images with a Predictor: the same loader as `--predict`, a second output.
+"""Embeddings of many images with a Predictor: the same loading as `--predict`, a second output.
 
-DataLoader workers read, decode and preprocess (imgclf.predict's ItemImages and collate, so the
-pixels are exactly those `utils/inference.py` classifies) while the main process runs the
-engine's two-output call: logits and the penultimate features the classifier head reads. The
-features are L2-normalised here, so inner product is cosine similarity. A file or URL that
-cannot be read or decoded is an error for that item only.
+Items are read, decoded and preprocessed by imgclf.predict's ItemImages (so the pixels are
+exactly those `utils/inference.py` classifies), then the engine's two-output call gives logits
+and the penultimate features the classifier head reads. The features are L2-normalised here,
+so inner product is cosine similarity. A file or URL that cannot be read or decoded is an error
+for that item only.
 
-The cores are split between the two, never oversubscribed (`split_cores`): torch's OpenMP
-threads wait for each other at every operator, so a loader worker that takes a core from one
-of them stalls the whole model call (measured: docs/benchmarks.md, Search). One loader runs
-over all the images of a call, its batches streamed to the caller (`embed_batches`), so a
-build checkpoints as it goes without restarting the loader's workers.
+By default the work runs in lanes (`lanes_and_threads`): one thread per core loads a batch and
+runs the engine on it, on one torch thread, while the other lanes do the same with the next
+batches. The model on one thread per core does more per core than on all cores' OpenMP
+threads, which wait for each other at every operator, and a lane's decoding overlaps the other
+lanes' model calls; no loader process has to start or hand tensors over (measured:
+docs/benchmarks.md, Search). `workers` N > 0 keeps the older split: N DataLoader processes
+decode while the calling thread runs the engine on the remaining cores. Batches stream to the
+caller in order (`embed_batches`), so a build checkpoints as it goes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from imgclf.model.single_image import torch_threads
-from imgclf.predict.batches import DEFAULT_BATCH_SIZE, ItemImages, collate, warm_up_worker
+from imgclf.predict.batches import DEFAULT_BATCH_SIZE, Batch, ItemImages, image_batches
 from imgclf.predict.inputs import Item, read_item
 from imgclf.search.gallery import Embedded
 from imgclf.search.index import as_unit_float32
@@ -35,25 +40,28 @@ from imgclf.search.index import as_unit_float32
 BUILD_BATCH_SIZE = 128
 
 
-def split_cores(cores: int | None = None) -> tuple[int, int]:
-    """(loader workers, torch threads for the engine) for `cores` (None: this machine's).
+def lanes_and_threads(workers: int | None, count: int, batch_size: int) -> tuple[int, int]:
+    """(engine lanes, torch threads per lane) for `count` items and `workers` loader
+    processes (None: the default, lanes; see the module docstring).
 
-    Half the cores decode (at most 4, as `--predict`), the rest run the model; one core: no
-    workers. Decoding and preprocessing a small photo costs about half of what the model
-    costs per image at 64 px, so the loader needs fewer cores than the engine.
+    One lane per core, each on one torch thread, when there is more than one batch; one lane on
+    every core for a single batch or in-process loading (`workers` 0); beside `workers` loader
+    processes one lane on the remaining cores.
     """
-    cores = cores or os.cpu_count() or 1
-    if cores == 1:
-        return 0, 1
-    workers = max(1, min(4, cores // 2))
-    return workers, cores - workers
+    cores = os.cpu_count() or 1
+    if workers is None and count > batch_size:
+        return cores, 1
+    if workers:
+        return 1, max(1, cores - workers)
+    return 1, cores
 
 
 @dataclass
 class EmbedderSettings:
-    """How to batch: images per engine call, loader processes (None: `split_cores`), the
-    progress bar's label (None: no bar), and whether URLs may reach only globally routable
-    addresses (imgclf.predict.inputs's guard; --allow-private-urls turns it off)."""
+    """How to batch: images per engine call, loader processes (None: none, the lanes load
+    their own batches; 0: load in the calling thread), the progress bar's label (None: no
+    bar), and whether URLs may reach only globally routable addresses (imgclf.predict.inputs's
+    guard; --allow-private-urls turns it off)."""
 
     batch_size: int = DEFAULT_BATCH_SIZE
     workers: int | None = None
@@ -61,24 +69,44 @@ class EmbedderSettings:
     block_private: bool = True
 
 
+Output = tuple[np.ndarray, np.ndarray] | None  # the engine's (logits, features) of a batch
+
+
+def _embedded(predictor, batch: Batch) -> tuple[Batch, Output]:
+    """The batch (its tensor let go: batches wait in a queue) and the engine's output."""
+    tensor, batch.tensor = batch.tensor, None
+    return batch, predictor.embed(tensor) if tensor is not None else None
+
+
+def _lanes(predictor, dataset: ItemImages, batch_size: int, lanes: int) -> Iterator:
+    """(batch, output) in order, each batch loaded and embedded by one of `lanes` threads."""
+
+    def lane(start: int) -> tuple[Batch, Output]:
+        indices = range(start, min(start + batch_size, len(dataset)))
+        return _embedded(predictor, dataset.__getitems__(indices))
+
+    starts = iter(range(0, len(dataset), batch_size))
+    pool = ThreadPoolExecutor(lanes, thread_name_prefix="embed-lane")
+    try:
+        # A few batches ahead per lane, so a lane never waits for the consumer.
+        pending = deque(pool.submit(lane, start) for start in islice(starts, 2 * lanes))
+        while pending:
+            done = pending.popleft().result()
+            start = next(starts, None)
+            if start is not None:
+                pending.append(pool.submit(lane, start))
+            yield done
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
 def embed_batches(
     predictor, items: Sequence[Item], settings: EmbedderSettings
 ) -> Iterator[tuple[int, Embedded]]:
     """(start, Embedded of items[start:start + n]) batch after batch, in order; failed rows
     NaN, their reasons in `errors` (keys relative to `start`)."""
-    auto_workers, threads = split_cores()
-    workers = auto_workers if settings.workers is None else settings.workers
-    workers = workers if len(items) > settings.batch_size else 0
-    if not workers:
-        threads = os.cpu_count() or 1
+    lanes, threads = lanes_and_threads(settings.workers, len(items), settings.batch_size)
     dataset = ItemImages(items, predictor.preset, block_private=settings.block_private)
-    loader = DataLoader(
-        dataset,
-        batch_size=settings.batch_size,
-        num_workers=workers,
-        collate_fn=collate,
-        worker_init_fn=warm_up_worker if workers else None,
-    )
     dim, classes = predictor.embedding_size, len(predictor.classes)
     bar = tqdm(
         total=len(items),
@@ -88,14 +116,19 @@ def embed_batches(
     )
     start = 0
     with torch_threads(threads):
-        for batch in loader:
+        if lanes > 1:
+            outputs = _lanes(predictor, dataset, settings.batch_size, lanes)
+        else:
+            workers = settings.workers if len(items) > settings.batch_size else 0
+            loader = image_batches(dataset, settings.batch_size, workers or 0)
+            outputs = (_embedded(predictor, batch) for batch in loader)
+        for batch, output in outputs:
             embeddings = np.full((batch.size, dim), np.nan, dtype=np.float32)
             logits = np.full((batch.size, classes), np.nan, dtype=np.float32)
-            if batch.tensor is not None:
+            if output is not None:
                 rows = [index - start for index in batch.indices]
-                batch_logits, features = predictor.embed(batch.tensor)
-                logits[rows] = batch_logits
-                embeddings[rows] = as_unit_float32(features)
+                logits[rows] = output[0]
+                embeddings[rows] = as_unit_float32(output[1])
             errors = {index - start: reason for index, reason in batch.errors.items()}
             yield start, Embedded(embeddings, logits, errors)
             start += batch.size

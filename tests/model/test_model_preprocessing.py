@@ -48,3 +48,24 @@ def test_single_image_input_equals_the_eval_preset_exactly(img_size, size):
     assert batch.is_contiguous()  # what ONNX Runtime reads, no copy on the way
     assert torch.equal(batch[0], preset(photo))
     assert single(pixels) is batch  # the buffer is reused, not reallocated
+
+
+@pytest.mark.parametrize("img_size", [224, 64, 32])
+def test_the_batch_path_equals_the_per_image_preset_exactly(img_size):
+    """EvalPreset.batch (images of one size resized together) is bit for bit the stack of the
+    per-image preset, for mixed sizes, layouts and more images of one size than one group."""
+    photos = [open_rgb(path) for path in sorted((DEMO_DATA / "4").glob("*.jpg"))[:40]]
+    pixels = [v2.functional.pil_to_tensor(photo) for photo in photos]  # (H, W, 3) in memory
+    pixels += [
+        v2.functional.pil_to_tensor(photos[0].resize((37, 90))),
+        pixels[1].contiguous(),  # (3, H, W) in memory
+        v2.functional.pil_to_tensor(photos[2].resize((640, 480))),
+        v2.functional.pil_to_tensor(photos[3].resize((37, 90))),
+    ]
+    preset = EvalPreset(Preprocessing.for_img_size(img_size))
+    expected = torch.stack([preset(image) for image in pixels])
+    assert len(pixels) - 4 > EvalPreset._GROUP
+    assert torch.equal(preset.batch(pixels), expected)
+    out = torch.full_like(expected, float("nan"))
+    assert preset.batch(pixels, out=out) is out
+    assert torch.equal(out, expected)

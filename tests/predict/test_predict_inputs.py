@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import io
 import struct
 import zlib
 
 import pytest
 from aiohttp import web
+from PIL import Image
 
-from imgclf.predict.inputs import Item, expand_inputs, fetch_url, read_item
+from imgclf.imaging import pixel_count
+from imgclf.predict.inputs import Item, _header_pixels, expand_inputs, fetch_url, read_item
 from tests.support.loopback import LoopbackServer, respond
 
 
@@ -84,6 +87,20 @@ def test_images_above_the_pixel_cap_are_refused_before_decoding(tmp_path):
     small = tmp_path / "small.png"
     small.write_bytes(png_header(64, 48))
     assert read_item(Item(str(small))) == small.read_bytes()
+
+
+def test_a_jpeg_is_measured_from_its_frame_header_as_pillow_measures_it(tmp_path):
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (90, 140, 200)).save(buffer, "JPEG")
+    data = buffer.getvalue()
+    assert _header_pixels(data) == pixel_count(data) == 64 * 48
+    frame = data.index(b"\xff\xc0")  # baseline frame header: height, width after 5 bytes
+    bomb = data[: frame + 5] + struct.pack(">HH", 12_000, 12_000) + data[frame + 9 :]
+    assert _header_pixels(bomb) == pixel_count(bomb) == 144_000_000
+    (tmp_path / "bomb.jpg").write_bytes(bomb)
+    with pytest.raises(OSError, match=r"image of 144,000,000 pixels, above the limit"):
+        read_item(Item(str(tmp_path / "bomb.jpg")))
+    assert _header_pixels(b"not an image") is None
 
 
 def test_expand_inputs_keeps_order_and_skips_non_images_in_folders(tmp_path):

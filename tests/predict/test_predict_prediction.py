@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from imgclf.decoding import decode_rgb
 from imgclf.model.predictor import load_predictor
+from imgclf.model.preprocessing import EvalPreset
 from imgclf.predict.batches import ItemImages
+from imgclf.predict.inputs import Item
 from imgclf.predict.prediction import predict_paths
 from tests.support.loopback import LoopbackServer, respond
 
@@ -129,12 +132,32 @@ def test_classify_one_image_matches_the_batched_path(fitted_weights, tiny_root):
 
 
 def test_warm_up_decodes_and_preprocesses_a_real_jpeg(fitted_weights):
-    preset = load_predictor(fitted_weights).preset
     seen = []
 
-    def recording_preset(pixels):
-        seen.append((tuple(pixels.shape), pixels.dtype))
-        return preset(pixels)
+    class RecordingPreset(EvalPreset):
+        def batch(self, images, out=None):
+            seen.append([(tuple(image.shape), image.dtype) for image in images])
+            return super().batch(images, out)
 
-    ItemImages([], recording_preset).warm_up(calls=2)
-    assert seen == [((3, 48, 64), torch.uint8)] * 2
+    ItemImages([], RecordingPreset(load_predictor(fitted_weights).spec.preprocessing)).warm_up(2)
+    assert seen == [[((3, 48, 64), torch.uint8)]] * 2
+
+
+def test_a_loader_batch_is_the_per_image_preprocessing_with_failures_listed(
+    fitted_weights, tiny_root, tmp_path
+):
+    """ItemImages' batch path gives bit for bit the tensors of decode_rgb + the eval preset,
+    one image at a time (what Predictor.classify and the service compute)."""
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    paths = sorted(tiny_root.rglob("*.jpg"))[:7]
+    items = [Item(str(path)) for path in paths[:3]]
+    items += [Item(str(tmp_path / "missing.jpg")), Item(str(tmp_path / "broken.jpg"))]
+    items += [Item("x", error="given reason")] + [Item(str(path)) for path in paths[3:]]
+    preset = load_predictor(fitted_weights).preset
+    batch = ItemImages(items, preset).__getitems__(range(len(items)))
+    assert batch.size == len(items) and batch.indices == [0, 1, 2, 6, 7, 8, 9]
+    assert set(batch.errors) == {3, 4, 5} and batch.errors[5] == "given reason"
+    assert batch.errors[4].startswith("broken image")
+    expected = torch.stack([preset(decode_rgb(path.read_bytes())) for path in paths])
+    assert torch.equal(batch.tensor, expected)
+    assert all(batch.preprocess_ms[i] > 0 for i in batch.indices)
