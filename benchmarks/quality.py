@@ -231,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         "--inference-args",
         nargs=argparse.REMAINDER,
         default=[],
-        help="passed to utils/inference.py (e.g. --tta)",
+        help="passed to utils/inference.py after the --no-tta / --tta of its two reports "
+        "(e.g. --backend onnxruntime)",
     )
     args = parser.parse_args(argv)
     if args.img_size is None and args.setting != "full":

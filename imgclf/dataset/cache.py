@@ -37,6 +37,11 @@ from typing import IO
 import numpy as np
 from PIL import Image
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, single-process use only
+    fcntl = None
+
 from imgclf.dataset.samples import Sample
 from imgclf.fileio import TMP_SUFFIX
 from imgclf.imaging import open_rgb
@@ -303,11 +308,7 @@ _HELD: dict[Path, IO[str]] = {}
 
 def _hold_in_use(folder: Path) -> None:
     """Mark `folder` as used by this process (called under the cache_dir lock)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: single-process use only
-        return
-    if folder not in _HELD:
+    if fcntl is not None and folder not in _HELD:
         handle = (folder / IN_USE).open("a")
         fcntl.flock(handle, fcntl.LOCK_SH)
         _HELD[folder] = handle
@@ -318,9 +319,7 @@ def _remove_unless_in_use(folder: Path) -> None:
     own = _HELD.pop(folder, None)
     if own is not None:
         own.close()  # this process moves on to the new cache itself
-    try:
-        import fcntl
-    except ImportError:
+    if fcntl is None:
         shutil.rmtree(folder, ignore_errors=True)
         return
     try:
@@ -349,9 +348,7 @@ def _fsync(*paths: Path) -> None:
 @contextmanager
 def _locked(lock_path: Path) -> Iterator[None]:
     """Hold an exclusive advisory lock on `lock_path` (POSIX); a no-op where fcntl is missing."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: single-process use only
+    if fcntl is None:
         yield
         return
     with lock_path.open("a") as handle:

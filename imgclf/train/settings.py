@@ -134,6 +134,8 @@ class DataSettings:
             raise InputError(
                 f"data.augment.policy is {augment['policy']!r}; use one of {', '.join(POLICIES)}."
             )
+        if "hflip_prob" in augment:  # export.tta: auto reads it too
+            _number(augment, "data.augment", "hflip_prob", None, float, 0.0, 1.0)
         if "policy_magnitude" in augment:
             _number(augment, "data.augment", "policy_magnitude", None, float, 0.0, 1.0)
         cache_dir = block.get("cache_dir")
@@ -209,7 +211,7 @@ class ExportSettings:
         block = _block(config, "export")
         weights = str(block.get("weights", "weights/{arch}.pth"))
         tta = block.get("tta", "auto")
-        if tta not in ("auto", True, False):
+        if tta != "auto" and not isinstance(tta, bool):  # YAML's 1 or "yes" is neither
             raise InputError(f"export.tta is {tta!r}; use auto, true or false.")
         if tta == "auto":
             augment = _block(config, "data").get("augment") or {}

@@ -228,6 +228,10 @@ BAD_CONFIGS = {
         "Unknown config key export.zzz in the config; valid keys of export: weights, picture, "
         "tta.",
     ),
+    "flip probability not a number": (
+        {"data": {"augment": {"hflip_prob": "half"}}},
+        "data.augment.hflip_prob is 'half'; it must be a number between 0.0 and 1.0.",
+    ),
     "export tta not a choice": (
         {"export": {"tta": "yes"}},
         "export.tta is 'yes'; use auto, true or false.",
