@@ -8,7 +8,8 @@ Usage (heavy: run it alone, as the house rules ask):
 Rows, for 1, 8 and 32 concurrent clients (each sends its next request when the last one was
 answered; one image per request, the bundled 100x100 demo photos in turn, the same multipart
 bytes for every target):
-  service   `python utils/serve.py` (micro-batching, decoding threads, limits, metrics, logs);
+  service   `python utils/serve.py` (micro-batching, the inference process, limits, metrics,
+            logs);
   naive     what a user would write instead: a FastAPI endpoint that reads the upload, decodes
             and preprocesses it and runs the model on it, one model call per request, on the
             event loop;
@@ -195,13 +196,19 @@ async def load(
     }
 
 
+def server_cpu_s(server: psutil.Process, children: list[psutil.Process]) -> float:
+    """CPU seconds of a server process and of its (still running) child processes."""
+    return sum(sum(p.cpu_times()[:2]) for p in (server, *children) if p.is_running())
+
+
 def timed_load(process, path: str, *args) -> dict:
-    """`load` on `process`, with the CPU time its server process and this client spent per
-    request meanwhile (ms; where the two cores went)."""
+    """`load` on `process`, with the CPU time its server (with its inference process) and
+    this client spent per request meanwhile (ms; where the two cores went)."""
     server, client = psutil.Process(process.process.pid), psutil.Process()
-    before = [sum(p.cpu_times()[:2]) for p in (server, client)]
+    children = server.children(recursive=True)  # the service's inference process
+    before = [server_cpu_s(server, children), sum(client.cpu_times()[:2])]
     result = asyncio.run(load(process.port, path, *args))
-    after = [sum(p.cpu_times()[:2]) for p in (server, client)]
+    after = [server_cpu_s(server, children), sum(client.cpu_times()[:2])]
     count = max(1, result["requests"])
     result["server_cpu_ms"], result["client_cpu_ms"] = (
         (end - start) * 1e3 / count for start, end in zip(before, after, strict=True)

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import simplejpeg
 from PIL import Image, UnidentifiedImageError
@@ -36,6 +37,7 @@ from PIL import Image, UnidentifiedImageError
 from imgclf.acquire.layout import stage_file
 from imgclf.imaging import ACCEPTED_FORMATS, EXTENSIONS, to_rgb
 
+T = TypeVar("T")
 EXIF_ORIENTATION = 0x0112
 # Orientations 5-8 rotate by 90 degrees: the upright image has width and height swapped.
 _TRANSPOSING = frozenset({5, 6, 7, 8})
@@ -149,12 +151,17 @@ def _within_time_limit(
     validate: Callable[[bytes, str, str, ValidationOptions], Verdict],
     item: tuple[bytes, str, str, ValidationOptions],
 ) -> Verdict:
-    seconds = item[3].timeout
+    return within_time_limit(item[3].timeout, validate, *item)
+
+
+def within_time_limit(seconds: float, function: Callable[..., T], *args: Any) -> T:
+    """`function(*args)`; after `end_process_on_hang`, a call that outlives `seconds` (> 0) ends
+    this process (SIGALRM at its default action). Main thread only: the timer is the process's."""
     if not (_time_limited and seconds > 0):
-        return validate(*item)
-    signal.setitimer(signal.ITIMER_REAL, seconds)  # at expiry SIGALRM ends this worker
+        return function(*args)
+    signal.setitimer(signal.ITIMER_REAL, seconds)  # at expiry SIGALRM ends this process
     try:
-        return validate(*item)
+        return function(*args)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
 

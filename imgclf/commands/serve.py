@@ -54,7 +54,8 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
         type=float,
         default=defaults.DEFAULT_MAX_WAIT_MS,
         metavar="MS",
-        help="longest a batch waits for images still being decoded (default: %(default)s)",
+        help="longest a batch waits for images of requests still being received (default: "
+        "%(default)s)",
     )
     add(
         "--max-queue",
@@ -92,26 +93,18 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
         help="classes per image unless the request asks (?topk=) (default: %(default)s)",
     )
     add(
-        "--decode-threads",
+        "--inference-processes",
         type=int,
         default=0,
         metavar="N",
-        help="image decoding threads (default: one per core, at most 4)",
+        help="processes decoding and running batches side by side (default: 2, 1 on one core)",
     )
     add(
         "--engine-threads",
         type=int,
         default=0,
         metavar="N",
-        help="torch threads of the engine (eager, TorchScript) (default: cores - 1, at least 1)",
-    )
-    add(
-        "--inline-max-pixels",
-        type=int,
-        default=defaults.DEFAULT_INLINE_MAX_PIXELS,
-        metavar="N",
-        help="decode JPEGs of at most N pixels on the event loop instead of the decoding "
-        "threads (default: %(default)s: every image in the threads)",
+        help="torch threads of each inference process (default: cores - 1 shared out, at least 1)",
     )
     add(
         "--allow-urls",
@@ -161,9 +154,8 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
         parser.error("--port must be between 0 and 65535")
     for name in (
         "max_wait_ms",
-        "decode_threads",
+        "inference_processes",
         "engine_threads",
-        "inline_max_pixels",
         "drain_seconds",
     ):
         if getattr(args, name) < 0:
@@ -186,9 +178,8 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
         max_images=args.max_images,
         deadline_ms=args.deadline_ms,
         topk=args.topk,
-        decode_threads=args.decode_threads,
+        inference_processes=args.inference_processes,
         engine_threads=args.engine_threads,
-        inline_max_pixels=args.inline_max_pixels,
         allow_urls=args.allow_urls,
         allow_private_urls=args.allow_private_urls,
         url_timeout_s=args.url_timeout,

@@ -167,8 +167,9 @@ def create_app(
         --allow-urls, a JSON body `{"urls": [...]}`). An image that cannot be classified is a
         result with its `error` and `reason`; the status is 200 unless none could be."""
         del timeout_ms  # enforced by RequestLimits before the body is read
-        images = await _request_images(request, service)
-        answer = await service.predict(images, topk)
+        with service.receiving() as arriving:
+            images = await _request_images(request, service)
+            answer = await service.predict(images, topk, arriving)
         return JSONResponse(answer.payload, answer.status)
 
     @app.post(
@@ -200,8 +201,9 @@ def create_app(
         del timeout_ms  # enforced by RequestLimits before the body is read
         if service.gallery is None:
             return JSONResponse({"detail": SEARCH_OFF}, 404)
-        images = await _request_images(request, service)
-        answer = await service.search(images, k)
+        with service.receiving(search=True) as arriving:
+            images = await _request_images(request, service)
+            answer = await service.search(images, k, arriving)
         return JSONResponse(answer.payload, answer.status)
 
     @app.get("/health/live", response_model=Health)

@@ -1,13 +1,17 @@
 """Micro-batching: images of concurrent requests gathered into one engine call.
 
-Requests put their decoded, preprocessed images on an asyncio queue; one task takes the first
+Requests put their images (the uploaded bytes) on an asyncio queue; one task takes the first
 waiting image, gathers more until the batch is full or `max_wait_ms` have passed, and runs the
-engine on the stack in a thread of its own, so the event loop keeps accepting and decoding
-meanwhile. Images that arrive during an engine call form the next batch at once.
+engine on the list in a thread of its own (for the service: one round trip to the inference
+process), so the event loop keeps accepting meanwhile. Images that arrive during an engine call
+form the next batch at once.
 
 The batcher only waits while more images are on their way (announced with `expect` by a request
-that is still decoding): a lone client's image goes to the engine at once instead of sitting out
-the maximum wait, while under load the wait lets requests in mid-decode join the batch.
+whose body is still arriving or whose URLs are being fetched): a lone client's image goes to the
+engine at once instead of sitting out the maximum wait.
+
+With several engines (`EngineSlots`: for the service, one per inference process) a batch
+starts as soon as an engine is free, so batches overlap, one per engine.
 
 An image whose request gave up (deadline, disconnect) is dropped before the engine sees it.
 """
@@ -20,16 +24,14 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-
-import numpy as np
-import torch
+from typing import Any
 
 from imgclf.serve.service_metrics import ServiceMetrics
 
 
 @dataclass
 class _Waiting:
-    tensor: torch.Tensor
+    item: Any
     future: asyncio.Future = field(repr=False)
 
 
@@ -47,49 +49,77 @@ class Expected:
         self._batcher._wake()
 
 
+class EngineSlots:
+    """`count` engines, each running one batch at a time on a thread of its own; shared by
+    the batchers of one service, so /predict and /search batches take turns on them."""
+
+    def __init__(self, count: int = 1) -> None:
+        self.executors = [
+            ThreadPoolExecutor(1, thread_name_prefix=f"imgclf-engine{n}") for n in range(count)
+        ]
+        self._free: asyncio.Queue[int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.executors)
+
+    async def acquire(self) -> int:
+        """Wait for a free engine; its number (give it back with `release`)."""
+        if self._free is None:  # created on the running loop
+            self._free = asyncio.Queue()
+            for number in range(len(self.executors)):
+                self._free.put_nowait(number)
+        return await self._free.get()
+
+    def release(self, number: int) -> None:
+        """Engine `number` is free again."""
+        assert self._free is not None
+        self._free.put_nowait(number)
+
+    def run(self, number: int, function: Callable, *args) -> asyncio.Future:
+        """`function(*args)` on engine `number`'s thread."""
+        return asyncio.get_running_loop().run_in_executor(self.executors[number], function, *args)
+
+    def shutdown(self) -> None:
+        """Stop the engine threads (after their last batch)."""
+        for executor in self.executors:
+            executor.shutdown(wait=True)
+
+
 @dataclass(frozen=True)
 class Scored:
-    """One image's class probabilities and its share of its batch's engine time."""
+    """One image's result from `run_batch`, its share of the batch's time and the batch size."""
 
-    probabilities: np.ndarray
-    model_ms: float
+    result: Any
+    batch_ms: float
     batch_size: int
 
 
 class MicroBatcher:
-    """`await score(tensor)` → Scored; batches of at most `max_batch_size` images.
+    """`await score(item)` → Scored; batches of at most `max_batch_size` items.
 
-    `run_batch` maps a stacked batch (B, 3, H, W) to one row per image: class probabilities
-    for /predict, logits and unit embedding side by side for /search."""
+    `run_batch(engine, items)` maps a list of items to one result per item, in order, on
+    engine number `engine` of `engines` (for the service: image bytes to ItemResults, in that
+    engine's inference process, imgclf.serve.inference_process)."""
 
     def __init__(
         self,
-        run_batch: Callable[[torch.Tensor], np.ndarray],
+        run_batch: Callable[[int, list[Any]], list[Any]],
         *,
         max_batch_size: int,
         max_wait_ms: float,
         metrics: ServiceMetrics,
-        engine: ThreadPoolExecutor | None = None,
-        engine_threads: int | None = None,
+        engines: EngineSlots | None = None,
     ) -> None:
         self.run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1e3
         self.metrics = metrics
+        self.engines = engines or EngineSlots(1)
         self._queue: asyncio.Queue[_Waiting] = asyncio.Queue()
         self._expected = 0
         self._arrived: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
-        # One engine thread: engine calls never overlap (each already uses its cores). torch's
-        # thread count is per thread: the engine gets `engine_threads` (default: the
-        # process's), the loop and the decoders one each. A second batcher (the search's
-        # embeddings) shares the first one's `engine` thread.
-        self.engine = engine or ThreadPoolExecutor(
-            1,
-            thread_name_prefix="imgclf-engine",
-            initializer=torch.set_num_threads,
-            initargs=(engine_threads or torch.get_num_threads(),),
-        )
+        self._running: set[asyncio.Task] = set()
 
     def start(self) -> None:
         """Start the gathering task on the running loop."""
@@ -97,12 +127,14 @@ class MicroBatcher:
         self._task = asyncio.get_running_loop().create_task(self._gather_forever())
 
     async def stop(self) -> None:
-        """Stop gathering (after the requests are drained) and the engine thread."""
+        """Stop gathering (after the requests are drained) and the engine threads."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        self.engine.shutdown(wait=True)
+        if self._running:
+            await asyncio.wait(self._running)
+        self.engines.shutdown()
 
     @contextlib.contextmanager
     def expect(self, count: int) -> Iterator[Expected]:
@@ -121,26 +153,35 @@ class MicroBatcher:
         if self._arrived is not None:
             self._arrived.set()
 
-    def run_in_engine(self, function: Callable, *args) -> asyncio.Future:
-        """Run `function(*args)` on the engine thread (warm-up calls)."""
-        return asyncio.get_running_loop().run_in_executor(self.engine, function, *args)
-
-    async def score(self, tensor: torch.Tensor) -> Scored:
-        """Queue one preprocessed image (3, H, W) and wait for its probabilities."""
+    def submit(self, item: Any) -> asyncio.Future[Scored]:
+        """Queue one item now; the future resolves to its Scored (cancel it to withdraw)."""
         future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Waiting(tensor, future))
+        self._queue.put_nowait(_Waiting(item, future))
         self.metrics.queue_depth.set(self._queue.qsize())
         self._wake()
-        return await future
+        return future
+
+    async def score(self, item: Any) -> Scored:
+        """Queue one item and wait for its result."""
+        return await self.submit(item)
 
     async def _gather_forever(self) -> None:
         while True:
             batch = [await self._queue.get()]
-            await self._fill(batch)
+            engine = await self.engines.acquire()  # images arriving meanwhile join the batch
+            try:
+                await self._fill(batch)
+            except BaseException:
+                self.engines.release(engine)
+                raise
             self.metrics.queue_depth.set(self._queue.qsize())
             batch = [waiting for waiting in batch if not waiting.future.done()]
-            if batch:
-                await self._run(batch)
+            if not batch:
+                self.engines.release(engine)
+                continue
+            running = asyncio.get_running_loop().create_task(self._run(batch, engine))
+            self._running.add(running)
+            running.add_done_callback(self._running.discard)
 
     async def _fill(self, batch: list[_Waiting]) -> None:
         """Add queued images until full; wait (bounded) only while more are announced."""
@@ -158,22 +199,22 @@ class MicroBatcher:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), left)
 
-    async def _run(self, batch: list[_Waiting]) -> None:
-        stacked = torch.stack([waiting.tensor for waiting in batch])
+    async def _run(self, batch: list[_Waiting], engine: int) -> None:
+        items = [waiting.item for waiting in batch]
         start = time.perf_counter()
         try:
-            probabilities = await asyncio.get_running_loop().run_in_executor(
-                self.engine, self.run_batch, stacked
-            )
+            results = await self.engines.run(engine, self.run_batch, engine, items)
         except Exception as error:  # the engine failed: these requests fail, the service stays
             for waiting in batch:
                 if not waiting.future.done():
                     waiting.future.set_exception(error)
             return
+        finally:
+            self.engines.release(engine)
         seconds = time.perf_counter() - start
         self.metrics.batch_size.observe(len(batch))
         self.metrics.batch_seconds.observe(seconds)
         share_ms = seconds * 1e3 / len(batch)
-        for waiting, row in zip(batch, probabilities, strict=True):
+        for waiting, result in zip(batch, results, strict=True):
             if not waiting.future.done():
-                waiting.future.set_result(Scored(row, share_ms, len(batch)))
+                waiting.future.set_result(Scored(result, share_ms, len(batch)))

@@ -1,9 +1,9 @@
 """The service's work, apart from HTTP: images in → the `--predict --json` payload out.
 
-Per request: each image is checked, decoded and preprocessed in the decoding threads (or, with
---inline-max-pixels, a small JPEG on the event loop itself) and, as soon as it is ready, queued
-for the micro-batcher; the answers are assembled by `--predict`'s own
-payload code (imgclf.predict.prediction), so the classes and probabilities are those of
+Per request: each image's bytes are queued for the micro-batcher at once; each batch goes to
+the inference process (imgclf.serve.inference_process), which checks, decodes and preprocesses
+the images and runs the engine; the answers are assembled by `--predict`'s own payload code
+(imgclf.predict.prediction), so the classes and probabilities are those of
 `utils/inference.py --predict --json` for the same image and weights.
 A refused image is a result with its reason; it never fails the other images of the request.
 """
@@ -11,6 +11,7 @@ A refused image is a result with its reason; it never fails the other images of 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import time
@@ -19,26 +20,28 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from imgclf.model.predictor import Predictor
 from imgclf.model.spec import file_sha256
-from imgclf.predict.batches import Outcome, _warm_up_jpeg
+from imgclf.predict.batches import Outcome
 from imgclf.predict.prediction import _payload
-from imgclf.search.index import as_unit_float32
 from imgclf.search.querying import answer_queries
 from imgclf.search.store import Gallery
-from imgclf.serve.batcher import MicroBatcher
+from imgclf.serve.batcher import EngineSlots, Expected, MicroBatcher
+from imgclf.serve.inference_process import (
+    EMBEDDINGS,
+    PROBABILITIES,
+    InferenceProcess,
+    ItemResult,
+    engine_spec,
+)
 from imgclf.serve.lifecycle import ServiceState
 from imgclf.serve.service_metrics import ServiceMetrics
 from imgclf.serve.settings import ServiceSettings
-from imgclf.serve.uploads import describe, error_status, prepare_image, prepared_inline
+from imgclf.serve.uploads import describe, error_status
 from imgclf.serve.url_inputs import Fetched, fetch_all, url_fetcher
 
 logger = logging.getLogger("imgclf.serve")
-# Untimed engine calls per batch size at start-up: eager torch builds its kernels for a new
-# input shape during its first two calls (Predictor.warm_up).
-WARM_UP_CALLS = 2
 # Allocations (net of frees) before the collector's youngest pass; Python's default is 700.
 GC_YOUNG_THRESHOLD = 50_000
 
@@ -76,13 +79,8 @@ def weights_sha256(settings: ServiceSettings, predictor: Predictor) -> str:
     return predictor.spec.source_sha256 or file_sha256(settings.weights)
 
 
-def _blank_batch(predictor: Predictor) -> torch.Tensor:
-    size = predictor.spec.preprocessing.img_size
-    return torch.zeros(1, 3, size, size)
-
-
 class Service:
-    """The loaded model, the micro-batcher, the decoding threads and the URL fetcher."""
+    """The micro-batchers, the inference process behind them and the URL fetcher."""
 
     def __init__(
         self, settings: ServiceSettings, predictor: Predictor, gallery: Gallery | None = None
@@ -93,42 +91,44 @@ class Service:
         self.weights_sha256 = weights_sha256(settings, predictor)
         self.state = ServiceState()
         self.metrics = ServiceMetrics()
+        spec = engine_spec(settings, embeddings=gallery is not None)
+        self.inference = [
+            InferenceProcess(spec, on_restart=self._restarted)
+            for _ in range(settings.processes_for_inference)
+        ]
+        self.engines = EngineSlots(len(self.inference))
         self.batcher = MicroBatcher(
-            predictor.probabilities,
+            self._in_process(PROBABILITIES),
             max_batch_size=settings.max_batch_size,
             max_wait_ms=settings.max_wait_ms,
             metrics=self.metrics,
-            engine_threads=settings.threads_for_engine,
+            engines=self.engines,
         )
         # /search's embeddings: batched apart from /predict's probabilities (another engine
-        # call), on the same engine thread.
+        # call), on the same engines and inference processes.
         self.embed_batcher = (
             MicroBatcher(
-                self._embed_rows,
+                self._in_process(EMBEDDINGS),
                 max_batch_size=settings.max_batch_size,
                 max_wait_ms=settings.max_wait_ms,
                 metrics=self.metrics,
-                engine=self.batcher.engine,
+                engines=self.engines,
             )
             if gallery is not None
             else None
         )
-        # One torch thread per decoder: one small image is not worth splitting
-        # (see imgclf.model.single_image.one_torch_thread).
-        self._decoders = ThreadPoolExecutor(
-            settings.threads_for_decoding,
-            thread_name_prefix="imgclf-decode",
-            initializer=torch.set_num_threads,
-            initargs=(1,),
+        # FAISS searches, off the event loop (an approximate index of millions takes a while).
+        self._searches = (
+            ThreadPoolExecutor(1, thread_name_prefix="imgclf-search")
+            if gallery is not None
+            else None
         )
         self._fetcher = url_fetcher(settings) if settings.allow_urls else None
         self._warm_up_task: asyncio.Task | None = None
 
     async def start(self) -> None:
-        """Start batching and fetching, and warm up in the background (ready afterwards)."""
-        # With --inline-max-pixels small images are prepared on the loop's thread: one torch
-        # thread there, as in the decoding threads, so the engine keeps its cores.
-        torch.set_num_threads(1)
+        """Start batching and fetching, and the inference process in the background (ready
+        once it has loaded the model and warmed up)."""
         self.batcher.start()
         if self.embed_batcher is not None:
             self.embed_batcher.start()
@@ -143,23 +143,23 @@ class Service:
         if self.embed_batcher is not None:
             await self.embed_batcher.stop()
         await self.batcher.stop()
-        self._decoders.shutdown(wait=True)
+        await asyncio.gather(*(asyncio.to_thread(child.stop) for child in self.inference))
+        if self._searches is not None:
+            self._searches.shutdown(wait=True)
         if self._fetcher is not None:
             await self._fetcher.__aexit__(None, None, None)
 
     async def _warm_up(self) -> None:
-        start = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        jpeg = _warm_up_jpeg()
-        decodes = [
-            loop.run_in_executor(self._decoders, prepare_image, self.predictor, jpeg)
-            for _ in range(3 * self.settings.threads_for_decoding)
-        ]
-        await asyncio.gather(*decodes)
-        for size in range(1, self.settings.max_batch_size + 1):
-            await self.batcher.run_in_engine(self.predictor.warm_up, size, WARM_UP_CALLS)
-        if self.embed_batcher is not None:
-            await self.batcher.run_in_engine(self._embed_rows, _blank_batch(self.predictor))
+        try:
+            # Each child loads the model and runs every batch size up to --max-batch-size.
+            begin = time.perf_counter()
+            await asyncio.gather(
+                *(self.engines.run(n, child.start) for n, child in enumerate(self.inference))
+            )
+            seconds = time.perf_counter() - begin
+        except Exception as error:
+            logger.error(f"not ready: {error}")
+            return
         # What is loaded by now (torch, the model, FastAPI) lives as long as the process: frozen
         # out of the collector's sight, a full collection no longer walks it (each took 315-361
         # ms under load, the cause of the p99: docs/serve.md). A request's objects are freed by
@@ -168,12 +168,33 @@ class Service:
         gc.collect()
         gc.freeze()
         gc.set_threshold(GC_YOUNG_THRESHOLD)
-        self.state.warm_up_seconds = time.perf_counter() - start
+        self.state.warm_up_seconds = seconds
         self.state.warmed_up = True
         logger.info(
-            f"ready: {self.predictor.spec.arch} on {self.predictor.backend}, warmed up batch "
-            f"sizes 1-{self.settings.max_batch_size} in {self.state.warm_up_seconds:.1f} s"
+            f"ready: {self.predictor.spec.arch} on {self.predictor.backend} in "
+            f"{len(self.inference)} inference process(es) of {self.settings.threads_for_engine} "
+            f"torch thread(s), warmed up batch sizes 1-{self.settings.max_batch_size} in "
+            f"{seconds:.1f} s"
         )
+
+    def _in_process(self, kind: str):
+        """run_batch for a MicroBatcher: `kind` rows of a batch in engine n's process."""
+
+        def run(engine: int, items: list[bytes]) -> list[ItemResult]:
+            return self.inference[engine].run(kind, items)
+
+        return run
+
+    def _restarted(self, reason: str) -> None:
+        """The inference process died and a fresh one took its place (on the engine thread)."""
+        self.metrics.inference_restarts.labels(reason).inc()
+        logger.warning(f"the inference process died ({reason}); a fresh one is serving")
+
+    def receiving(self, search: bool = False) -> contextlib.AbstractContextManager[Expected]:
+        """Announce a request whose images are still being received (body, URLs), so that a
+        batch waits for them (at most --max-wait-ms); pass the result to predict / search."""
+        batcher = self.embed_batcher if search and self.embed_batcher else self.batcher
+        return batcher.expect(1)
 
     @property
     def urls_allowed(self) -> bool:
@@ -190,58 +211,57 @@ class Service:
         ]
 
     async def _through(
-        self, batcher: MicroBatcher, images: list[ImageInput]
+        self, batcher: MicroBatcher, images: list[ImageInput], arriving: Expected | None
     ) -> list[ImageOutcome]:
-        """Decode every image (in the decoding threads; JPEGs up to --inline-max-pixels on the
-        loop) and score it through `batcher`, in order; an image that cannot be read or decoded
-        is an outcome with its reason, not an error."""
+        """Score every image through `batcher`, in order (all queued at once, then `arriving`,
+        the request's announcement, is settled); an image that cannot be read or decoded is an
+        outcome with its reason, not an error."""
         self.metrics.images.inc(len(images))
-        readable = sum(image.data is not None for image in images)
-        with batcher.expect(readable) as expected:
-
-            async def one(image: ImageInput) -> ImageOutcome:
-                if image.data is None:
-                    return ImageOutcome(image.reason)
-                if prepared_inline(image.data, self.settings.inline_max_pixels):
-                    prepared = prepare_image(self.predictor, image.data)
+        queued = [
+            batcher.submit(image.data) if image.data is not None else None for image in images
+        ]
+        if arriving is not None:
+            arriving.settle()
+        try:
+            outcomes = []
+            for image, future in zip(images, queued, strict=True):
+                if future is None:
+                    outcomes.append(ImageOutcome(image.reason))
+                    continue
+                result: ItemResult = (await future).result
+                if result.reason:
+                    outcomes.append(ImageOutcome(result.reason))
                 else:
-                    prepared = await asyncio.get_running_loop().run_in_executor(
-                        self._decoders, prepare_image, self.predictor, image.data
+                    outcomes.append(
+                        ImageOutcome("", result.row, result.preprocess_ms, result.model_ms)
                     )
-                expected.settle()
-                if prepared.tensor is None:
-                    return ImageOutcome(prepared.reason)
-                scored = await batcher.score(prepared.tensor)
-                return ImageOutcome(
-                    "", scored.probabilities, prepared.preprocess_ms, scored.model_ms
-                )
+            return outcomes
+        finally:  # the request gave up (deadline, disconnect): its images are dropped unscored
+            for future in queued:
+                if future is not None:
+                    future.cancel()
 
-            return list(await asyncio.gather(*(one(image) for image in images)))
-
-    async def predict(self, images: list[ImageInput], topk: int) -> Answer:
-        """Classify every image; 200 unless none of them could be classified."""
+    async def predict(
+        self, images: list[ImageInput], topk: int, arriving: Expected | None = None
+    ) -> Answer:
+        """Classify every image; 200 unless none of them could be classified. `arriving`: the
+        request's announcement (see `receiving`), settled once its images are queued."""
         start = time.perf_counter()
-        done = await self._through(self.batcher, images)
+        done = await self._through(self.batcher, images, arriving)
         return self._answer(images, done, topk, time.perf_counter() - start)
 
-    def _embed_rows(self, batch: torch.Tensor) -> np.ndarray:
-        """Per image its logits (K) then its unit embedding (D), as `query` computes them."""
-        logits, features = self.predictor.embed(batch)
-        return np.concatenate(
-            [np.asarray(logits, dtype=np.float32), as_unit_float32(features)], axis=1
-        )
-
-    async def search(self, images: list[ImageInput], k: int) -> Answer:
+    async def search(
+        self, images: list[ImageInput], k: int, arriving: Expected | None = None
+    ) -> Answer:
         """The k nearest gallery items and the nearest prototype of every image (--index);
         200 unless none of them could be embedded."""
         assert self.gallery is not None and self.embed_batcher is not None, "no --index"
-        done = await self._through(self.embed_batcher, images)
+        done = await self._through(self.embed_batcher, images, arriving)
         ok = [n for n, image in enumerate(done) if not image.reason]
         rows = np.stack([done[n].probabilities for n in ok]) if ok else np.zeros((0, 0))
         classes = len(self.predictor.classes)
-        # FAISS search off the event loop: an approximate index of millions takes a while.
         answered = await asyncio.get_running_loop().run_in_executor(
-            self._decoders,
+            self._searches,
             answer_queries,
             self.gallery,
             rows[:, classes:],

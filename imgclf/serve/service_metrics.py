@@ -66,6 +66,12 @@ class ServiceMetrics:
             "Images received by /predict and /search",
             registry=registry,
         )
+        self.inference_restarts = Counter(
+            "imgclf_inference_restarts",
+            "Inference processes replaced after dying on an image, by reason",
+            ["reason"],
+            registry=registry,
+        )
         self.images_failed = Counter(
             "imgclf_images_failed",
             "Images that could not be classified, by reason (the downloader's reason words)",

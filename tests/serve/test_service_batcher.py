@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
-import numpy as np
 import pytest
 import torch
 
-from imgclf.serve.batcher import MicroBatcher
+from imgclf.serve.batcher import EngineSlots, MicroBatcher
 from imgclf.serve.service_metrics import ServiceMetrics
 from imgclf.serve.settings import ServiceSettings
 from imgclf.serve.url_inputs import fetch_all, url_fetcher
@@ -18,26 +17,32 @@ from tests.support.loopback import LoopbackServer, respond
 
 
 class RecordingEngine:
-    """Returns each image's pixel sum as its only "probability"; remembers batch sizes."""
+    """Returns each image's pixel sum as its result; remembers batch sizes and engines."""
 
     def __init__(self, fail: bool = False) -> None:
         self.sizes: list[int] = []
+        self.engines: list[int] = []
         self.fail = fail
 
-    def __call__(self, batch: torch.Tensor) -> np.ndarray:
-        self.sizes.append(len(batch))
+    def __call__(self, engine: int, items: list[torch.Tensor]) -> list[float]:
+        self.sizes.append(len(items))
+        self.engines.append(engine)
         if self.fail:
             raise RuntimeError("engine broke")
-        return batch.sum(dim=(1, 2, 3), keepdim=False).numpy()[:, None]
+        return [float(item.sum()) for item in items]
 
 
 def image(value: float) -> torch.Tensor:
     return torch.full((3, 2, 2), value)
 
 
-async def _run(engine, coroutine_factory, *, max_batch_size=4, max_wait_ms=60_000.0):
+async def _run(engine, coroutine_factory, *, max_batch_size=4, max_wait_ms=60_000.0, engines=1):
     batcher = MicroBatcher(
-        engine, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, metrics=ServiceMetrics()
+        engine,
+        max_batch_size=max_batch_size,
+        max_wait_ms=max_wait_ms,
+        metrics=ServiceMetrics(),
+        engines=EngineSlots(engines),
     )
     batcher.start()
     try:
@@ -54,9 +59,35 @@ def test_concurrent_images_are_gathered_into_full_batches():
 
     scored = asyncio.run(_run(engine, ten_images))
     # 12 pixels of value v each: the sum is 12 v, answered to the image that sent it.
-    assert [float(s.probabilities[0]) for s in scored] == [12.0 * v for v in range(10)]
+    assert [float(s.result) for s in scored] == [12.0 * v for v in range(10)]
     assert engine.sizes == [4, 4, 2]
     assert [s.batch_size for s in scored] == [4] * 8 + [2] * 2
+
+
+def test_with_two_engines_batches_overlap_one_per_engine():
+    """Engine 0 is held up until engine 1 has answered: only overlapping batches get there."""
+    import threading
+
+    second_done = threading.Event()
+    engine = RecordingEngine()
+
+    def run(number, items):
+        if number == 0:
+            assert second_done.wait(20), "the second batch never ran beside the first"
+        result = engine(number, items)
+        if number == 1:
+            second_done.set()
+        return result
+
+    async def six_images(batcher):
+        first = [batcher.submit(image(v)) for v in range(3)]
+        await asyncio.sleep(0.2)  # the first batch (3) is on engine 0 by now
+        second = [batcher.submit(image(v)) for v in range(3, 6)]
+        return await asyncio.gather(*first, *second)
+
+    scored = asyncio.run(_run(run, six_images, max_wait_ms=0, engines=2))
+    assert [s.result for s in scored] == [12.0 * v for v in range(6)]
+    assert sorted(zip(engine.engines, engine.sizes, strict=True)) == [(0, 3), (1, 3)]
 
 
 def test_a_lone_image_does_not_wait_when_nothing_else_is_announced():
@@ -66,7 +97,7 @@ def test_a_lone_image_does_not_wait_when_nothing_else_is_announced():
     async def one(batcher):
         return await batcher.score(image(1.0))
 
-    assert float(asyncio.run(_run(engine, one)).probabilities[0]) == 12.0
+    assert float(asyncio.run(_run(engine, one)).result) == 12.0
     assert engine.sizes == [1]
 
 
@@ -98,7 +129,7 @@ def test_images_of_a_request_that_gave_up_are_never_scored():
         return await batcher.score(image(2.0))
 
     scored = asyncio.run(_run(engine, cancelled_then_one))
-    assert float(scored.probabilities[0]) == 24.0
+    assert float(scored.result) == 24.0
     assert engine.sizes == [1]
 
 
@@ -111,7 +142,7 @@ def test_an_engine_failure_fails_that_batch_only():
         engine.fail = False
         return await batcher.score(image(1.0))
 
-    assert float(asyncio.run(_run(engine, one)).probabilities[0]) == 12.0
+    assert float(asyncio.run(_run(engine, one)).result) == 12.0
 
 
 def test_url_inputs_use_the_downloaders_fetcher_with_private_addresses_blocked():

@@ -1,8 +1,8 @@
 """SIGTERM during a request: the service drains (unready, new work refused, the request in
 progress answered), then exits 0. A short-lived service process of its own: the signal ends it.
 It runs without --index, so it also answers /search with how to enable it, on asyncio's own
-loop with the pure-Python h11 parser (the fallback when uvloop and httptools are missing), and
-prepares small JPEGs on the event loop (--inline-max-pixels) instead of the decoding threads.
+loop with the pure-Python h11 parser (the fallback when uvloop and httptools are missing), with
+one inference process, which ends with the service.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import signal
 import socket
 
 import httpx
+import psutil
 
 from tests.serve.service_fixtures import HOST, ServiceProcess, metric, upload, wait_for
 
@@ -27,7 +28,7 @@ def test_sigterm_drains_requests_in_progress_then_exits_0(mobilenet_weights, tin
         f"POST /predict HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: {len(body)}\r\n"
         f"Content-Type: {request.headers['Content-Type']}\r\n\r\n"
     ).encode()
-    fallback = ("--loop", "asyncio", "--http", "h11", "--inline-max-pixels", "65536")
+    fallback = ("--loop", "asyncio", "--http", "h11", "--inference-processes", "1")
     with ServiceProcess(mobilenet_weights, "--drain-seconds", "60", *fallback) as service:
         client = httpx.Client(base_url=service.url(""), timeout=30)
         # Started without --index: /search says how to enable it.
@@ -36,6 +37,8 @@ def test_sigterm_drains_requests_in_progress_then_exits_0(mobilenet_weights, tin
         info = client.get("/info").json()
         assert info["search"] is False
         assert info["server"] == {"loop": "asyncio", "http": "h11"}
+        children = psutil.Process(service.process.pid).children(recursive=True)
+        assert [child.name() for child in children if child.is_running()]  # the inference process
         # A request in progress: its upload stops halfway until the drain has begun.
         in_progress = socket.create_connection((HOST, service.port))
         in_progress.sendall(head + body[: len(body) // 2])
@@ -58,3 +61,5 @@ def test_sigterm_drains_requests_in_progress_then_exits_0(mobilenet_weights, tin
 
         assert service.wait(60) == 0
         assert "draining 1 request(s)" in service.log()
+        _gone, alive = psutil.wait_procs(children, timeout=20)
+        assert not alive
