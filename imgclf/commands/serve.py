@@ -54,8 +54,8 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
         type=float,
         default=defaults.DEFAULT_MAX_WAIT_MS,
         metavar="MS",
-        help="longest a batch waits for images of requests still being received (default: "
-        "%(default)s)",
+        help="longest a batch waits to grow, while requests are still being received or "
+        "another inference process is busy (default: %(default)s)",
     )
     add(
         "--max-queue",

@@ -70,6 +70,13 @@ class EngineSlots:
                 self._free.put_nowait(number)
         return await self._free.get()
 
+    @property
+    def busy(self) -> int:
+        """Engines running a batch (or held for one being gathered) right now."""
+        if self._free is None:
+            return 0
+        return len(self.executors) - self._free.qsize()
+
     def release(self, number: int) -> None:
         """Engine `number` is free again."""
         assert self._free is not None
@@ -184,7 +191,8 @@ class MicroBatcher:
             running.add_done_callback(self._running.discard)
 
     async def _fill(self, batch: list[_Waiting]) -> None:
-        """Add queued images until full; wait (bounded) only while more are announced."""
+        """Add queued images until full; wait (bounded) only while more are announced or
+        another engine is busy."""
         loop = asyncio.get_running_loop()
         until = loop.time() + self.max_wait_s
         while len(batch) < self.max_batch_size:
@@ -192,7 +200,10 @@ class MicroBatcher:
                 batch.append(self._queue.get_nowait())
                 continue
             left = until - loop.time()
-            if self._expected <= 0 or left <= 0:
+            # Waiting costs nothing while another engine is busy (the cores have work) and
+            # makes the batch larger, which is cheaper per image; alone, only for images known
+            # to be on their way.
+            if left <= 0 or (self._expected <= 0 and self.engines.busy <= 1):
                 return
             assert self._arrived is not None
             self._arrived.clear()

@@ -90,6 +90,33 @@ def test_with_two_engines_batches_overlap_one_per_engine():
     assert sorted(zip(engine.engines, engine.sizes, strict=True)) == [(0, 3), (1, 3)]
 
 
+def test_while_another_engine_is_busy_a_batch_waits_to_grow():
+    """Engine 0 holds a batch; the next image waits (max_wait) on engine 1 for a companion."""
+    import threading
+
+    release = threading.Event()
+    engine = RecordingEngine()
+
+    def run(number, items):
+        if number == 0:
+            assert release.wait(20)
+        return engine(number, items)
+
+    async def busy_then_two(batcher):
+        first = batcher.submit(image(1.0))
+        await asyncio.sleep(0.1)  # on engine 0, held
+        second = batcher.submit(image(2.0))
+        await asyncio.sleep(0.1)  # engine 1 is waiting for more: without the wait, a batch of 1
+        third = batcher.submit(image(3.0))
+        done = await asyncio.gather(second, third)
+        release.set()
+        return [*done, await first]
+
+    scored = asyncio.run(_run(run, busy_then_two, max_wait_ms=1_000, engines=2))
+    assert [s.result for s in scored] == [24.0, 36.0, 12.0]
+    assert list(zip(engine.engines, engine.sizes, strict=True)) == [(1, 2), (0, 1)]
+
+
 def test_a_lone_image_does_not_wait_when_nothing_else_is_announced():
     """max_wait is a minute: an answer within the 30 s test bound means no wait happened."""
     engine = RecordingEngine()
