@@ -34,6 +34,7 @@ from imgclf.acquire.validator import ValidationOptions, init_worker, within_time
 from imgclf.model.predictor import Predictor, load_predictor
 from imgclf.predict.batches import _warm_up_jpeg
 from imgclf.search.index import as_unit_float32
+from imgclf.serve.settings import ServiceSettings
 from imgclf.serve.uploads import VALIDATION, decode_upload
 
 # What a batch asks for: class probabilities (/predict), or per image its logits then its unit
@@ -50,18 +51,19 @@ _READY = "ready"
 
 @dataclass(frozen=True)
 class EngineSpec:
-    """What the child needs to load the same model as the service, and its limits."""
+    """What the child needs: the service's settings (the model to load, --engine-threads,
+    --max-batch-size, --deadline-ms as each image's time limit) and its decoder."""
 
-    weights: str
-    backend: str | None
-    tta: bool | None
-    engine_threads: int
-    max_batch_size: int
-    image_timeout_s: float
+    settings: ServiceSettings
     embeddings: bool = False  # warm up /search's engine call too
     # bytes → (pixels, "") or (None, reason); importable, as the child is spawned (the tests
     # pass one that crashes or hangs on a marker)
     decode: Callable[[bytes, ValidationOptions], tuple[torch.Tensor | None, str]] = decode_upload
+
+    @property
+    def image_timeout_s(self) -> float:
+        """Seconds one image's check and decoding may take before the child is ended."""
+        return self.settings.deadline_ms / 1e3
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,7 @@ def _warm_up(predictor: Predictor, spec: EngineSpec) -> None:
     for _ in range(3):
         image, _reason = decode_upload(_warm_up_jpeg())
         predictor.preset.batch([image])
-    for size in range(1, spec.max_batch_size + 1):
+    for size in range(1, spec.settings.max_batch_size + 1):
         predictor.warm_up(size, WARM_UP_CALLS)
     if spec.embeddings:
         size = predictor.spec.preprocessing.img_size
@@ -155,10 +157,11 @@ def _child(connection, spec: EngineSpec, current) -> None:
     # child ends with its parent, and an image over its time limit ends it (init_worker).
     init_worker()
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    torch.set_num_threads(spec.engine_threads)
+    settings = spec.settings
+    torch.set_num_threads(settings.threads_for_engine)
     options = dataclasses.replace(VALIDATION, timeout=spec.image_timeout_s)
     try:
-        predictor = load_predictor(spec.weights, spec.backend, tta=spec.tta)
+        predictor = load_predictor(settings.weights, settings.backend, tta=settings.tta)
         _warm_up(predictor, spec)
     except Exception as error:
         connection.send(f"{type(error).__name__}: {error}")
@@ -286,16 +289,3 @@ class InferenceProcess:
             pass
         self._process.join(10)
         self._kill()
-
-
-def engine_spec(settings, embeddings: bool) -> EngineSpec:
-    """The child's EngineSpec for the service's settings."""
-    return EngineSpec(
-        weights=settings.weights,
-        backend=settings.backend,
-        tta=settings.tta,
-        engine_threads=settings.threads_for_engine,
-        max_batch_size=settings.max_batch_size,
-        image_timeout_s=settings.deadline_ms / 1e3,
-        embeddings=embeddings,
-    )

@@ -31,9 +31,9 @@ from imgclf.serve.batcher import EngineSlots, Expected, MicroBatcher
 from imgclf.serve.inference_process import (
     EMBEDDINGS,
     PROBABILITIES,
+    EngineSpec,
     InferenceProcess,
     ItemResult,
-    engine_spec,
 )
 from imgclf.serve.lifecycle import ServiceState
 from imgclf.serve.service_metrics import ServiceMetrics
@@ -91,7 +91,7 @@ class Service:
         self.weights_sha256 = weights_sha256(settings, predictor)
         self.state = ServiceState()
         self.metrics = ServiceMetrics()
-        spec = engine_spec(settings, embeddings=gallery is not None)
+        spec = EngineSpec(settings, embeddings=gallery is not None)
         self.inference = [
             InferenceProcess(spec, on_restart=self._restarted)
             for _ in range(settings.processes_for_inference)

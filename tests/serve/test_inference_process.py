@@ -7,20 +7,16 @@ import numpy as np
 
 from imgclf.model.predictor import load_predictor
 from imgclf.serve.inference_process import PROBABILITIES, EngineSpec, InferenceProcess
+from imgclf.serve.settings import ServiceSettings
 from tests.serve.crashing import HANG, POISON, decode_or_misbehave
 from tests.serve.service_fixtures import jpeg_bytes
 
 
 def test_a_crash_or_a_hang_costs_only_its_own_image(mobilenet_weights):
-    spec = EngineSpec(
-        weights=str(mobilenet_weights),
-        backend=None,
-        tta=None,
-        engine_threads=1,
-        max_batch_size=2,
-        image_timeout_s=1.0,
-        decode=decode_or_misbehave,
+    settings = ServiceSettings(
+        weights=str(mobilenet_weights), engine_threads=1, max_batch_size=2, deadline_ms=1_000
     )
+    spec = EngineSpec(settings, decode=decode_or_misbehave)
     restarts: list[str] = []
     child = InferenceProcess(spec, on_restart=restarts.append)
     child.start()
