@@ -94,10 +94,9 @@ class EngineSlots:
 
 @dataclass(frozen=True)
 class Scored:
-    """One image's result from `run_batch`, its share of the batch's time and the batch size."""
+    """One image's result from `run_batch` and the size of the batch it ran in."""
 
     result: Any
-    batch_ms: float
     batch_size: int
 
 
@@ -225,7 +224,6 @@ class MicroBatcher:
         seconds = time.perf_counter() - start
         self.metrics.batch_size.observe(len(batch))
         self.metrics.batch_seconds.observe(seconds)
-        share_ms = seconds * 1e3 / len(batch)
         for waiting, result in zip(batch, results, strict=True):
             if not waiting.future.done():
-                waiting.future.set_result(Scored(result, share_ms, len(batch)))
+                waiting.future.set_result(Scored(result, len(batch)))

@@ -61,9 +61,10 @@ class EngineSpec:
     decode: Callable[[bytes, ValidationOptions], tuple[torch.Tensor | None, str]] = decode_upload
 
     @property
-    def image_timeout_s(self) -> float:
-        """Seconds one image's check and decoding may take before the child is ended."""
-        return self.settings.deadline_ms / 1e3
+    def validation(self) -> ValidationOptions:
+        """The downloader's checks, with --deadline-ms as each image's time limit (its check
+        and decoding; the child is ended past it)."""
+        return dataclasses.replace(VALIDATION, timeout=self.settings.deadline_ms / 1e3)
 
 
 @dataclass(frozen=True)
@@ -111,9 +112,9 @@ def _run_batch(
     kind: str,
     items: list[bytes],
     spec: EngineSpec,
-    options: ValidationOptions,
     current,
 ) -> _Reply:
+    options = spec.validation
     pixels: list[torch.Tensor] = []
     reasons: list[str] = []
     preprocess_ms: list[float] = []
@@ -159,7 +160,6 @@ def _child(connection, spec: EngineSpec, current) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     settings = spec.settings
     torch.set_num_threads(settings.threads_for_engine)
-    options = dataclasses.replace(VALIDATION, timeout=spec.image_timeout_s)
     try:
         predictor = load_predictor(settings.weights, settings.backend, tta=settings.tta)
         _warm_up(predictor, spec)
@@ -176,7 +176,7 @@ def _child(connection, spec: EngineSpec, current) -> None:
             return
         kind, items = message
         try:
-            reply: _Reply | str = _run_batch(predictor, kind, items, spec, options, current)
+            reply: _Reply | str = _run_batch(predictor, kind, items, spec, current)
         except Exception as error:  # the engine failed: this batch fails, the child stays
             reply = f"{type(error).__name__}: {error}"
         connection.send(reply)
