@@ -47,7 +47,8 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
         type=int,
         default=defaults.DEFAULT_MAX_BATCH_SIZE,
         metavar="N",
-        help="most images per engine call (default: %(default)s)",
+        help="most images per engine call; with several inference processes each batch also "
+        "takes at most its share of the images in flight (default: %(default)s)",
     )
     add(
         "--max-wait-ms",

@@ -11,7 +11,12 @@ whose body is still arriving or whose URLs are being fetched): a lone client's i
 engine at once instead of sitting out the maximum wait.
 
 With several engines (`EngineSlots`: for the service, one per inference process) a batch
-starts as soon as an engine is free, so batches overlap, one per engine.
+starts as soon as an engine is free, so batches overlap, one per engine, and a batch takes at
+most its engine's share of the images in flight (the most seen at once lately, divided by the
+engines). Without that share, clients that wait for their answers clump into uneven batches:
+32 clients on 2 engines settled into batches of about 20 and 12, and the engine with the small
+batch sat idle waiting for its clients to come back (32 clients, 2 cores: 1.23-1.27x the
+requests/s with batches capped at a share; docs/serve.md).
 
 An image whose request gave up (deadline, disconnect) is dropped before the engine sees it.
 """
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -92,6 +98,28 @@ class EngineSlots:
             executor.shutdown(wait=True)
 
 
+class RecentPeak:
+    """The largest value seen in the last one to two windows of `window_s` seconds: how many
+    images are in flight at once lately, long against a batch's round trip (tens of ms) and
+    short against a change of load."""
+
+    def __init__(self, window_s: float = 1.0) -> None:
+        self.window_s = window_s
+        self._started = -math.inf
+        self._current = 0
+        self._previous = 0
+
+    def see(self, value: int, now: float) -> int:
+        """Record `value` at time `now` (seconds, monotonic); the peak so far."""
+        if now - self._started >= self.window_s:
+            recent = now - self._started < 2 * self.window_s
+            self._previous = self._current if recent else 0
+            self._current = 0
+            self._started = now
+        self._current = max(self._current, value)
+        return max(self._current, self._previous)
+
+
 @dataclass(frozen=True)
 class Scored:
     """One image's result from `run_batch` and the size of the batch it ran in."""
@@ -123,6 +151,8 @@ class MicroBatcher:
         self.engines = engines or EngineSlots(1)
         self._queue: asyncio.Queue[_Waiting] = asyncio.Queue()
         self._expected = 0
+        self._in_flight = 0  # submitted, not yet answered (or withdrawn)
+        self._in_flight_peak = RecentPeak()
         self._arrived: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._running: set[asyncio.Task] = set()
@@ -161,11 +191,30 @@ class MicroBatcher:
 
     def submit(self, item: Any) -> asyncio.Future[Scored]:
         """Queue one item now; the future resolves to its Scored (cancel it to withdraw)."""
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._in_flight += 1
+        self._in_flight_peak.see(self._images_in_flight(), loop.time())
+        future.add_done_callback(self._answered)
         self._queue.put_nowait(_Waiting(item, future))
         self.metrics.queue_depth.set(self._queue.qsize())
         self._wake()
         return future
+
+    def _answered(self, _future: asyncio.Future) -> None:
+        self._in_flight -= 1
+
+    def _images_in_flight(self) -> int:
+        return self._in_flight + max(0, self._expected)
+
+    def batch_limit(self) -> int:
+        """The most images the next batch takes: `max_batch_size`, or with several engines
+        each one's share of the images in flight lately, so that every engine gets a batch."""
+        peak = self._in_flight_peak.see(
+            self._images_in_flight(), asyncio.get_running_loop().time()
+        )
+        share = math.ceil(peak / len(self.engines))
+        return max(1, min(self.max_batch_size, share))
 
     async def score(self, item: Any) -> Scored:
         """Queue one item and wait for its result."""
@@ -190,11 +239,12 @@ class MicroBatcher:
             running.add_done_callback(self._running.discard)
 
     async def _fill(self, batch: list[_Waiting]) -> None:
-        """Add queued images until full; wait (bounded) only while more are announced or
-        another engine is busy."""
+        """Add queued images until full (`batch_limit`); wait (bounded) only while more are
+        announced or another engine is busy."""
         loop = asyncio.get_running_loop()
         until = loop.time() + self.max_wait_s
-        while len(batch) < self.max_batch_size:
+        limit = self.batch_limit()
+        while len(batch) < limit:
             if not self._queue.empty():
                 batch.append(self._queue.get_nowait())
                 continue

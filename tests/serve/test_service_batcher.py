@@ -8,7 +8,7 @@ import asyncio
 import pytest
 import torch
 
-from imgclf.serve.batcher import EngineSlots, MicroBatcher
+from imgclf.serve.batcher import EngineSlots, MicroBatcher, RecentPeak
 from imgclf.serve.service_metrics import ServiceMetrics
 from imgclf.serve.settings import ServiceSettings
 from imgclf.serve.url_inputs import fetch_all, url_fetcher
@@ -64,8 +64,10 @@ def test_concurrent_images_are_gathered_into_full_batches():
     assert [s.batch_size for s in scored] == [4] * 8 + [2] * 2
 
 
-def test_with_two_engines_batches_overlap_one_per_engine():
-    """Engine 0 is held up until engine 1 has answered: only overlapping batches get there."""
+def test_with_two_engines_batches_overlap_each_taking_its_share():
+    """Four images at once on two engines: two each (not four on one and nothing on the
+    other), and engine 0 is held up until engine 1 has answered: only overlapping batches
+    get there."""
     import threading
 
     second_done = threading.Event()
@@ -79,19 +81,18 @@ def test_with_two_engines_batches_overlap_one_per_engine():
             second_done.set()
         return result
 
-    async def six_images(batcher):
-        first = [batcher.submit(image(v)) for v in range(3)]
-        await asyncio.sleep(0.2)  # the first batch (3) is on engine 0 by now
-        second = [batcher.submit(image(v)) for v in range(3, 6)]
-        return await asyncio.gather(*first, *second)
+    async def four_images(batcher):
+        return await asyncio.gather(*(batcher.score(image(v)) for v in range(4)))
 
-    scored = asyncio.run(_run(run, six_images, max_wait_ms=0, engines=2))
-    assert [s.result for s in scored] == [12.0 * v for v in range(6)]
-    assert sorted(zip(engine.engines, engine.sizes, strict=True)) == [(0, 3), (1, 3)]
+    scored = asyncio.run(_run(run, four_images, max_batch_size=32, max_wait_ms=0, engines=2))
+    assert [s.result for s in scored] == [12.0 * v for v in range(4)]
+    assert list(zip(engine.engines, engine.sizes, strict=True)) == [(1, 2), (0, 2)]
 
 
-def test_while_another_engine_is_busy_a_batch_waits_to_grow():
-    """Engine 0 holds a batch; the next image waits (max_wait) on engine 1 for a companion."""
+def test_while_another_engine_is_busy_a_batch_waits_to_grow_to_its_share():
+    """Four images in flight on two engines make a share of two. Engine 0 holds its two;
+    once engine 1 has answered its two, the next image waits (max_wait) on engine 1 for a
+    companion instead of going alone."""
     import threading
 
     release = threading.Event()
@@ -103,18 +104,27 @@ def test_while_another_engine_is_busy_a_batch_waits_to_grow():
         return engine(number, items)
 
     async def busy_then_two(batcher):
-        first = batcher.submit(image(1.0))
-        await asyncio.sleep(0.1)  # on engine 0, held
-        second = batcher.submit(image(2.0))
+        first = [batcher.submit(image(v)) for v in (1.0, 2.0, 3.0, 4.0)]
+        await asyncio.gather(*first[2:])  # engine 1's batch; engine 0's is held
+        fifth = batcher.submit(image(5.0))
         await asyncio.sleep(0.1)  # engine 1 is waiting for more: without the wait, a batch of 1
-        third = batcher.submit(image(3.0))
-        done = await asyncio.gather(second, third)
+        sixth = batcher.submit(image(6.0))
+        done = await asyncio.gather(fifth, sixth)
         release.set()
-        return [*done, await first]
+        return [*await asyncio.gather(*first), *done]
 
-    scored = asyncio.run(_run(run, busy_then_two, max_wait_ms=1_000, engines=2))
-    assert [s.result for s in scored] == [24.0, 36.0, 12.0]
-    assert list(zip(engine.engines, engine.sizes, strict=True)) == [(1, 2), (0, 1)]
+    scored = asyncio.run(_run(run, busy_then_two, max_batch_size=32, max_wait_ms=1_000, engines=2))
+    assert [s.result for s in scored] == [12.0 * v for v in range(1, 7)]
+    assert list(zip(engine.engines, engine.sizes, strict=True)) == [(1, 2), (1, 2), (0, 2)]
+
+
+def test_the_share_follows_the_images_in_flight_of_the_last_window():
+    peak = RecentPeak(window_s=1.0)
+    assert peak.see(32, now=0.0) == 32
+    assert peak.see(3, now=0.5) == 32  # the same window
+    assert peak.see(3, now=1.2) == 32  # the previous window still counts
+    assert peak.see(3, now=2.3) == 3  # both windows since the peak have passed
+    assert peak.see(8, now=9.0) == 8  # after a quiet spell, nothing older counts
 
 
 def test_a_lone_image_does_not_wait_when_nothing_else_is_announced():
