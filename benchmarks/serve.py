@@ -294,6 +294,15 @@ def main() -> None:
         help="rounds at 32 clients of the service and its variants, taken in turn "
         "(default: %(default)s)",
     )
+    parser.add_argument(
+        "--more-clients",
+        type=int,
+        nargs="+",
+        default=[],
+        metavar="C",
+        help="also load the service and its variants, in turn, at these numbers of clients "
+        "(N32 requests each), e.g. 16 64",
+    )
     parser.add_argument("--naive-port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.naive_port:
@@ -349,6 +358,14 @@ def main() -> None:
                 if name.startswith("service"):
                     result = timed_load(process, path, bodies, 32, args.requests[2])
                     lines.append(row(name, f"32 (round {number})", result))
+                    print(lines[-1], flush=True)
+        for clients in args.more_clients:
+            for name, (process, path) in targets.items():
+                if name.startswith("service"):
+                    result = timed_load(
+                        process, path, bodies, clients, args.requests[2], args.row_seconds
+                    )
+                    lines.append(row(name, str(clients), result))
                     print(lines[-1], flush=True)
     folder = predict_folder(args.weights, args.backend)
     lines.append(row("--predict folder", "-", folder, "images/s, batches of 32"))

@@ -194,7 +194,9 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._in_flight += 1
-        self._in_flight_peak.see(self._images_in_flight(), loop.time())
+        # Not with the announced images: this one may be one of them until its request
+        # settles (batch_limit never runs in between, it sees them apart).
+        self._in_flight_peak.see(self._in_flight, loop.time())
         future.add_done_callback(self._answered)
         self._queue.put_nowait(_Waiting(item, future))
         self.metrics.queue_depth.set(self._queue.qsize())

@@ -118,6 +118,24 @@ def test_while_another_engine_is_busy_a_batch_waits_to_grow_to_its_share():
     assert list(zip(engine.engines, engine.sizes, strict=True)) == [(1, 2), (1, 2), (0, 2)]
 
 
+def test_an_announced_image_counts_once_in_the_share():
+    """Four requests, each announced while it is received, then queued: four images in
+    flight on two engines, two per batch (counted twice, the share would be three)."""
+    engine = RecordingEngine()
+
+    async def four_requests(batcher):
+        queued = []
+        for value in range(4):
+            with batcher.expect(1) as arriving:
+                queued.append(batcher.submit(image(value)))
+                arriving.settle()
+        return await asyncio.gather(*queued)
+
+    scored = asyncio.run(_run(engine, four_requests, max_batch_size=32, max_wait_ms=0, engines=2))
+    assert [s.result for s in scored] == [12.0 * v for v in range(4)]
+    assert sorted(engine.sizes) == [2, 2]
+
+
 def test_the_share_follows_the_images_in_flight_of_the_last_window():
     peak = RecentPeak(window_s=1.0)
     assert peak.see(32, now=0.0) == 32
