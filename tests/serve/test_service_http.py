@@ -375,14 +375,16 @@ def test_health_and_info(client, mobilenet_weights, search_index):
 def test_metrics_count_requests_batches_and_failures(client, photos):
     before_ok = metric(client, "imgclf_requests_total", endpoint="/predict", status="200")
     before_failed = metric(client, "imgclf_images_failed_total", reason="not_image")
-    before_batches = metric(client, "imgclf_batch_size_count")
+    before_batched = metric(client, "imgclf_batch_size_sum")
     files = upload((photos[0].name, photos[0].read_bytes()), ("x.txt", b"text"))
     assert client.post("/predict", files=files).status_code == 200
     assert metric(client, "imgclf_requests_total", endpoint="/predict", status="200") == (
         before_ok + 1
     )
     assert metric(client, "imgclf_images_failed_total", reason="not_image") == before_failed + 1
-    assert metric(client, "imgclf_batch_size_count") == before_batches + 1
+    # Both images went to the inference processes (which refuse the text), in one batch or
+    # in two (each process's share of the two in flight).
+    assert metric(client, "imgclf_batch_size_sum") == before_batched + 2
     before_search = metric(client, "imgclf_requests_total", endpoint="/search", status="200")
     assert client.post("/search", files=files).status_code == 200
     assert metric(client, "imgclf_requests_total", endpoint="/search", status="200") == (
