@@ -52,7 +52,10 @@ def _refused_or_failed(description: str, answer: type = PredictResponse) -> dict
 
 WORK_ERRORS = {
     413: _problem("request body larger than --max-body-bytes"),
-    503: _problem("not ready (warming up, shutting down) or queue full; see Retry-After"),
+    503: _problem(
+        "not ready (warming up, shutting down, an inference process down) or queue full; "
+        "see Retry-After"
+    ),
     504: _problem("the request exceeded its deadline (--deadline-ms or timeout_ms)"),
 }
 PREDICT_BODY = {
@@ -214,10 +217,13 @@ def create_app(
     @app.get(
         "/health/ready",
         response_model=Health,
-        responses={503: _problem("warming up or shutting down")},
+        responses={
+            503: _problem("warming up, shutting down, or an inference process cannot be replaced")
+        },
     )
     async def ready() -> JSONResponse:
-        """200 when the model is loaded and warmed up; 503 before that and while draining."""
+        """200 when the model is loaded and warmed up; 503 before that, while draining and
+        while a dead inference process cannot be replaced."""
         if service.state.ready:
             return JSONResponse({"status": "ready"})
         detail = service.state.not_ready_reason()

@@ -195,9 +195,30 @@ class InferenceProcess:
         self._current = self._context.Value("i", -1, lock=False)
         self._process = None
         self._connection = None
+        self.failure = ""  # why the last start failed ("" once one succeeds)
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id (None while none runs)."""
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def running(self) -> bool:
+        """True while a started child is there to take batches."""
+        return self._process is not None
 
     def start(self) -> float:
-        """Start the child and wait until it has loaded the model and warmed up; seconds."""
+        """Start the child and wait until it has loaded the model and warmed up; seconds.
+        Raises RuntimeError (and keeps the reason in `failure`) when it cannot."""
+        try:
+            seconds = self._start()
+        except RuntimeError as error:
+            self.failure = str(error)
+            raise
+        self.failure = ""
+        return seconds
+
+    def _start(self) -> float:
         begin = time.perf_counter()
         parent_end, child_end = self._context.Pipe()
         process = self._context.Process(
@@ -227,6 +248,8 @@ class InferenceProcess:
     def run(self, kind: str, items: list[bytes]) -> list[ItemResult]:
         """One result per image of `items` (PROBABILITIES or EMBEDDINGS rows); an image the
         child dies on is refused, the others are sent again to a fresh child."""
+        if not self.running:
+            raise RuntimeError(f"the inference process is not running ({self.failure})")
         results: dict[int, ItemResult] = {}
         pending = list(range(len(items)))
         while pending:
@@ -248,7 +271,7 @@ class InferenceProcess:
         return [results[n] for n in range(len(items))]
 
     def _round_trip(self, kind: str, items: list[bytes]) -> _Reply | str:
-        assert self._connection is not None, "start() first"
+        assert self._connection is not None
         try:
             self._connection.send((kind, items))
             return self._connection.recv()
@@ -264,7 +287,12 @@ class InferenceProcess:
     def _replace(self, reason: str) -> None:
         self._kill()
         self.restarts += 1
-        self.start()
+        try:
+            self.start()
+        except RuntimeError as error:
+            raise RuntimeError(
+                f"the inference process died ({reason}) and a fresh one did not start: {error}"
+            ) from None
         if self.on_restart is not None:
             self.on_restart(reason)
 

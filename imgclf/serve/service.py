@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ from imgclf.serve.url_inputs import Fetched, fetch_all, url_fetcher
 logger = logging.getLogger("imgclf.serve")
 # Allocations (net of frees) before the collector's youngest pass; Python's default is 700.
 GC_YOUNG_THRESHOLD = 50_000
+# Seconds between attempts to start an inference process whose replacement failed to start.
+RESTART_RETRY_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,7 @@ class Service:
         )
         self._fetcher = url_fetcher(settings) if settings.allow_urls else None
         self._warm_up_task: asyncio.Task | None = None
+        self._stopping = threading.Event()  # ends the retries of a failed restart
 
     async def start(self) -> None:
         """Start batching and fetching, and the inference process in the background (ready
@@ -140,6 +144,7 @@ class Service:
         """Stop everything started by `start` (after the requests were drained)."""
         if self._warm_up_task is not None and not self._warm_up_task.done():
             self._warm_up_task.cancel()
+        self._stopping.set()
         if self.embed_batcher is not None:
             await self.embed_batcher.stop()
         await self.batcher.stop()
@@ -181,9 +186,39 @@ class Service:
         """run_batch for a MicroBatcher: `kind` rows of a batch in engine n's process."""
 
         def run(engine: int, items: list[bytes]) -> list[ItemResult]:
-            return self.inference[engine].run(kind, items)
+            child = self.inference[engine]
+            try:
+                return child.run(kind, items)
+            finally:
+                if not child.running and not self._stopping.is_set():
+                    self._lost(engine)
 
         return run
+
+    def _lost(self, engine: int) -> None:
+        """Inference process `engine` died and its replacement did not start (on its engine
+        thread): not ready until a later attempt (queued behind this batch on the same
+        thread, so nothing else runs there meanwhile) starts one."""
+        failure = self.inference[engine].failure
+        self.state.unavailable = (
+            f"an inference process died and could not be replaced ({failure}); the service "
+            f"tries again every {RESTART_RETRY_S:g} s, see its log"
+        )
+        logger.error(f"not ready: {self.state.unavailable}")
+        self.engines.executors[engine].submit(self._restart_until_started, engine)
+
+    def _restart_until_started(self, engine: int) -> None:
+        child = self.inference[engine]
+        while not child.running:
+            if self._stopping.wait(RESTART_RETRY_S):
+                return
+            try:
+                child.start()
+            except RuntimeError as error:
+                logger.error(f"the inference process still does not start: {error}")
+        if all(other.running for other in self.inference):
+            self.state.unavailable = ""
+            logger.info("ready: a fresh inference process is serving")
 
     def _restarted(self, reason: str) -> None:
         """The inference process died and a fresh one took its place (on the engine thread)."""
