@@ -129,6 +129,7 @@ class Service:
         self._fetcher = url_fetcher(settings) if settings.allow_urls else None
         self._warm_up_task: asyncio.Task | None = None
         self._stopping = threading.Event()  # ends the retries of a failed restart
+        self._retrying: set[int] = set()  # engines whose process is being started again
 
     async def start(self) -> None:
         """Start batching and fetching, and the inference process in the background (ready
@@ -199,6 +200,9 @@ class Service:
         """Inference process `engine` died and its replacement did not start (on its engine
         thread): not ready until a later attempt (queued behind this batch on the same
         thread, so nothing else runs there meanwhile) starts one."""
+        if engine in self._retrying:  # a batch queued before the first failure
+            return
+        self._retrying.add(engine)
         failure = self.inference[engine].failure
         self.state.unavailable = (
             f"an inference process died and could not be replaced ({failure}); the service "
@@ -216,6 +220,7 @@ class Service:
                 child.start()
             except RuntimeError as error:
                 logger.error(f"the inference process still does not start: {error}")
+        self._retrying.discard(engine)
         if all(other.running for other in self.inference):
             self.state.unavailable = ""
             logger.info("ready: a fresh inference process is serving")
