@@ -351,22 +351,23 @@ def main() -> None:
                     extra = f"mean batch so far {mean_batch_size(process.url('')):.1f}"
                 lines.append(row(name, str(clients), result, extra))
                 print(lines[-1], flush=True)
-        # More rounds at 32 clients, the service targets in turn: on a shared machine the
-        # others' load changes within seconds, so only interleaved rounds compare options.
-        for number in range(2, args.rounds + 1):
-            for name, (process, path) in targets.items():
-                if name.startswith("service"):
-                    result = timed_load(process, path, bodies, 32, args.requests[2])
-                    lines.append(row(name, f"32 (round {number})", result))
-                    print(lines[-1], flush=True)
-        for clients in args.more_clients:
+
+        def service_rows(clients: int, label: str, *budget_s: float) -> None:
+            """One row per service target (the service, then its variants) at `clients`."""
             for name, (process, path) in targets.items():
                 if name.startswith("service"):
                     result = timed_load(
-                        process, path, bodies, clients, args.requests[2], args.row_seconds
+                        process, path, bodies, clients, args.requests[2], *budget_s
                     )
-                    lines.append(row(name, str(clients), result))
+                    lines.append(row(name, label, result))
                     print(lines[-1], flush=True)
+
+        # More rounds at 32 clients, the service targets in turn: on a shared machine the
+        # others' load changes within seconds, so only interleaved rounds compare options.
+        for number in range(2, args.rounds + 1):
+            service_rows(32, f"32 (round {number})")
+        for clients in args.more_clients:
+            service_rows(clients, str(clients), args.row_seconds)
     folder = predict_folder(args.weights, args.backend)
     lines.append(row("--predict folder", "-", folder, "images/s, batches of 32"))
     service32, naive32 = results["service", 32], results["naive", 32]

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 # Batches of up to 32 images: where eager torch's cost per image flattens for mobilenet_v3_small
 # (about 0.5 ms per image at 32 against 6 ms for one, 2 cores); with several inference
 # processes a batch takes at most its share of the images in flight (MicroBatcher.batch_limit)
-# so that none sits idle. A wait of at most 2 ms, and
-# only while images of other requests are still being received or another inference process is
-# busy (MicroBatcher), so a lone client waits for nothing; 0, 2 and 5 ms measured alike in
-# throughput, 2 and 5 with less CPU (docs/serve.md).
+# so that none sits idle. A wait of at most 2 ms, and only while images of other requests are
+# still being received or another inference process is busy (MicroBatcher), so a lone client
+# waits for nothing; 0, 2 and 5 ms measured alike in throughput, 2 and 5 with less CPU
+# (docs/serve.md).
 DEFAULT_MAX_BATCH_SIZE = 32
 DEFAULT_MAX_WAIT_MS = 2.0
 DEFAULT_MAX_QUEUE = 128
